@@ -1,0 +1,3 @@
+from chatgpt_cli.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""The GPT-2 decoder, top to bottom.
+
+    tokens -> token embedding + position embedding
+           -> n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]   (pre-LayerNorm blocks)
+           -> ln_f -> unembedding (tied to the token embedding) -> logits
+
+Attribute names equal the keys of GPT-2 checkpoints (``transformer.h.0.attn.c_attn.weight``...),
+and linear layers keep GPT-2's Conv1D layout, weight of shape (in, out), so loading is a straight
+copy. This module does no I/O and prints nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """GPT-2 hyper-parameters, with the field names of GPT-2's ``config.json``."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024  # the context window
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    layer_norm_epsilon: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: y = x @ W + b with W stored as (in, out)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1] + (self.weight.shape[1],)
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*T, out)
+        return y.view(shape)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of every position seen so far, for one layer."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch, n_head, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end."""
+        end = int(input_pos[-1]) + 1
+        self.k_cache[:, :, input_pos] = k
+        self.v_cache[:, :, input_pos] = v
+        return self.k_cache[:, :, :end], self.v_cache[:, :, :end]  # (B, nh, end, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd)  # Q, K, V in one projection
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far
+        y = attention(q, k, v, input_pos)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.c_proj(y)
+
+
+def causal_mask(input_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """(T, S) boolean mask: the query at position p may look at keys 0..p, never ahead."""
+    return torch.arange(n_keys, device=input_pos.device)[None, :] <= input_pos[:, None]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Masked scaled dot-product attention: softmax(q k^T / sqrt(hs) + mask) v.
+
+    ``attention_weights`` spells the same math out step by step; here the fused kernel does it.
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    if T == 1:  # one new token: it may attend to every key so far
+        return F.scaled_dot_product_attention(q, k, v)
+    if T == S:  # a fresh sequence: plain causal mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(input_pos, S))
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """The attention pattern (B, nh, T, S): each row is a softmax over the keys a query may see."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    scores = scores.masked_fill(~causal_mask(input_pos, k.shape[-2]), float("-inf"))
+    return torch.softmax(scores.float(), dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, tied: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.n_positions, config.n_embd),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        # The unembedding: tied to wte unless a checkpoint brings its own lm_head.weight (out, in).
+        self.lm_head = None if tied else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def setup_cache(self, max_len: int | None = None, batch: int = 1) -> None:
+        """Give every layer a preallocated KV cache (None removes them)."""
+        c, w = self.config, self.transformer.wte.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = None if max_len is None else KVCache(
+                batch, c.n_head, max_len, c.head_dim, w.dtype, w.device)
+
+    def unembedding(self) -> torch.Tensor:
+        """The (vocab_size, n_embd) matrix that maps a hidden state to one logit per token."""
+        return self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens idx (B, T) at positions input_pos (T,), default 0..T-1.
+
+        With a cache set up, the keys and values of these positions are stored for later calls.
+        ``last_only`` computes the logits of the last position alone (B, 1, vocab).
+        """
+        B, T = idx.shape
+        if input_pos is None:
+            input_pos = torch.arange(T, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, input_pos)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        x = self.transformer.ln_f(x)
+        return F.linear(x, self.unembedding())  # (B, T, vocab)
+
+
+def init_weights(model: GPT, seed: int = 0) -> GPT:
+    """GPT-2's initialisation (normal(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer))."""
+    gen = torch.Generator().manual_seed(seed)
+    std_proj = 0.02 / math.sqrt(2 * model.config.n_layer)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(0.0, std_proj, generator=gen)
+            elif p.dim() == 2:
+                p.normal_(0.0, 0.02, generator=gen)
+            elif name.endswith(".weight"):  # LayerNorm gains
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model

@@ -1,0 +1,293 @@
+"""Loading and saving GPT-2 weights in safetensors, strictly. Nothing else is ever read: no pickle.
+
+Accepted: a ``.safetensors`` file, or a directory with ``config.json`` and ``model.safetensors``
+or a sharded ``model.safetensors.index.json``. Tensors are memory-mapped, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import re
+import struct
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from chatgpt_cli.errors import UsageError, WeightsError
+from chatgpt_cli.model import GPT, GPTConfig
+
+MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; anything bigger is not a real file
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+OTHER_DTYPES = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "BOOL", "F8_E4M3", "F8_E5M2"}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONVERT_HINT = ("only safetensors files are loaded (pickles are never opened); convert it on a trusted "
+                "machine, e.g. with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(OUT)")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: GPT
+    config: GPTConfig
+    files: tuple[Path, ...]
+    dtype: torch.dtype
+    device: torch.device
+    n_params: int
+
+
+def find_files(path: Path) -> tuple[list[Path], dict | None]:
+    """The safetensors file(s) and the parsed config.json (or None) for a file or directory."""
+    if not path.exists():
+        raise WeightsError(f"model not found: {path}")
+    if path.is_file():
+        refuse_pickle(path)
+        config_file = path.with_name("config.json")
+        return [path], (read_json(config_file) if config_file.is_file() else None)
+    config = read_json(path / "config.json") if (path / "config.json").is_file() else None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise WeightsError(f"{index}: no 'weight_map' of tensor names to shard files")
+        shards = [path / name for name in sorted(set(map(str, weight_map.values())))]
+        for shard in shards:
+            if not shard.is_file():
+                raise WeightsError(f"{index} names a shard that is missing: {shard.name}")
+        return shards, config
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"], config
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) == 1:
+        return found, config
+    if found:
+        raise WeightsError(f"{path}: several .safetensors files and no model.safetensors.index.json")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise WeightsError(f"{path} holds {pickles[0]}, not safetensors: {CONVERT_HINT}")
+    raise WeightsError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
+
+
+def refuse_pickle(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if path.suffix in PICKLE_SUFFIXES or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") \
+            or head[:4] == b"PK\x03\x04":
+        raise WeightsError(f"{path} is not a safetensors file: {CONVERT_HINT}")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Memory-map one safetensors file: (tensors by name, metadata). Every offset is checked."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise WeightsError(f"cannot open {path}: {e.strerror}") from None
+    with f:
+        size = path.stat().st_size
+        if size < 8:
+            raise WeightsError(f"{path} is truncated or not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(MAX_HEADER, size - 8):
+            raise WeightsError(f"{path} is not a safetensors file, or is truncated "
+                               f"(header length {n} for a file of {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WeightsError(f"{path} is not a safetensors file (its header is not JSON)") from None
+        if not isinstance(header, dict):
+            raise WeightsError(f"{path}: malformed safetensors header")
+        metadata = header.pop("__metadata__", None) or {}
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else None
+    tensors = {}
+    data_size = size - 8 - n
+    for name, info in header.items():
+        tensors[name] = tensor_from(path, name, info, mm, 8 + n, data_size)
+    return tensors, {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
+def tensor_from(path: Path, name: str, info: object, mm: mmap.mmap | None, base: int, data_size: int) -> torch.Tensor:
+    try:
+        dtype_name, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(start, int) \
+                or not isinstance(end, int):
+            raise TypeError
+    except (TypeError, KeyError, ValueError):
+        raise WeightsError(f"{path}: malformed header entry for tensor {name!r}") from None
+    if dtype_name not in FLOAT_DTYPES:
+        kind = "non-float" if dtype_name in OTHER_DTYPES else "unknown"
+        raise WeightsError(f"{path}: tensor {name!r} has {kind} dtype {dtype_name}; GPT-2 weights are floats")
+    dtype = FLOAT_DTYPES[dtype_name]
+    numel = math.prod(shape)
+    nbytes = numel * dtype.itemsize
+    if not 0 <= start <= end <= data_size or end - start != nbytes:
+        raise WeightsError(f"{path} is truncated or corrupt: tensor {name!r} needs bytes {start}..{end} "
+                           f"({nbytes} expected) of {data_size}")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start).view(shape)
+
+
+def normalize_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint names -> this model's names: add the ``transformer.`` prefix, drop mask buffers."""
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")) and not key.endswith("c_attn.bias"):
+            continue  # the causal-mask buffers of the original GPT-2 files, not weights
+        if key != "lm_head.weight" and not key.startswith("transformer."):
+            key = "transformer." + key
+        out[key] = t
+    return out
+
+
+def config_from(tensors: dict[str, torch.Tensor], config_json: dict | None, metadata: dict[str, str],
+                where: Path) -> GPTConfig:
+    """The config from config.json, else inferred from the shapes (n_head = n_embd / 64)."""
+    wte, wpe = tensors.get("transformer.wte.weight"), tensors.get("transformer.wpe.weight")
+    if wte is None or wpe is None or wte.dim() != 2 or wpe.dim() != 2:
+        raise WeightsError(f"{where}: not GPT-2 weights (no 2-D transformer.wte.weight / transformer.wpe.weight)")
+    if config_json is not None:
+        values = {"n_positions": config_json.get("n_positions", config_json.get("n_ctx"))}
+        for f in fields(GPTConfig):
+            if f.name in config_json:
+                values[f.name] = config_json[f.name]
+        values = {k: v for k, v in values.items() if v is not None}
+        act = config_json.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            raise WeightsError(f"{where}: activation_function {act!r} is not GPT-2's tanh GELU")
+        try:
+            config = GPTConfig(**values)
+            assert all(isinstance(getattr(config, f.name), int) for f in fields(GPTConfig) if f.type == "int")
+        except (TypeError, AssertionError):
+            raise WeightsError(f"{where}: config.json has malformed values") from None
+    else:
+        layers = {int(m.group(1)) for k in tensors if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
+        n_embd = wte.shape[1]
+        if metadata.get("n_head", "").isdigit():
+            n_head = int(metadata["n_head"])
+        elif n_embd % 64 == 0:
+            n_head = n_embd // 64  # true of every GPT-2 size
+        else:
+            raise WeightsError(f"{where}: cannot tell the number of heads (n_embd {n_embd} is not a multiple "
+                               "of 64 and there is no config.json); put a config.json beside the weights")
+        config = GPTConfig(vocab_size=wte.shape[0], n_positions=wpe.shape[0], n_embd=n_embd,
+                           n_layer=len(layers), n_head=n_head)
+    if min(config.vocab_size, config.n_positions, config.n_embd, config.n_layer, config.n_head) <= 0 \
+            or config.n_embd % config.n_head or config.layer_norm_epsilon <= 0:
+        raise WeightsError(f"{where}: impossible config {config}")
+    return config
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    C, V = config.n_embd, config.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.n_positions, C),
+              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    for i in range(config.n_layer):
+        p = f"transformer.h.{i}."
+        shapes |= {p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+                   p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+                   p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+                   p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+                   p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,)}
+    return shapes
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, where: Path) -> None:
+    """Every key present, none unexpected, every shape right; the error names all that is wrong."""
+    want = expected_shapes(config)
+    if "lm_head.weight" in tensors:
+        want["lm_head.weight"] = (config.vocab_size, config.n_embd)
+    problems = []
+    if missing := [k for k in want if k not in tensors]:
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+    if unexpected := [k for k in tensors if k not in want]:
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:4])}"
+                        + (" ..." if len(unexpected) > 4 else ""))
+    for k, shape in want.items():
+        if k in tensors and tuple(tensors[k].shape) != shape:
+            problems.append(f"{k} has shape {tuple(tensors[k].shape)}, expected {shape}")
+    if problems:
+        raise WeightsError(f"{where} does not match the GPT-2 config "
+                           f"(n_layer={config.n_layer}, n_embd={config.n_embd}, n_positions={config.n_positions}, "
+                           f"vocab_size={config.vocab_size}): " + "; ".join(problems[:5]))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available on this machine (try --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple's MPS is not available on this machine (try --device cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load GPT-2 weights from a safetensors file or a Hugging Face style directory."""
+    path = Path(path).expanduser()
+    files, config_json = find_files(path)
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        refuse_pickle(file)
+        part, meta = read_safetensors(file)
+        metadata |= meta
+        tensors |= normalize_keys(part)
+    config = config_from(tensors, config_json, metadata, path)
+    check_tensors(tensors, config, path)
+    for k, t in tensors.items():
+        if not torch.isfinite(t).all():
+            warnings.warn(f"{k} in {path} contains NaN or infinite values", stacklevel=2)
+    dev = resolve_device(device)
+    stored = tensors["transformer.wte.weight"].dtype
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    target = stored if dtype == "auto" else DTYPES[dtype]
+    if target == torch.float64:
+        target = torch.float32
+    tied = "lm_head.weight" not in tensors
+    with torch.device("meta"):
+        model = GPT(config, tied=tied)
+    state = {k: t.to(device=dev, dtype=target) for k, t in tensors.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    n_params = sum(t.numel() for t in tensors.values())
+    return LoadedModel(model, config, tuple(files), target, dev, n_params)
+
+
+def save_model(model: GPT, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write a Hugging Face style directory: config.json + model.safetensors (GPT-2 key names)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "n_head": str(c.n_head)})
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+              "n_positions": c.n_positions, "n_ctx": c.n_positions, "n_embd": c.n_embd, "n_layer": c.n_layer,
+              "n_head": c.n_head, "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": "gelu_new",
+              "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": model.lm_head is None,
+              "torch_dtype": str(dtype or model.transformer.wte.weight.dtype).removeprefix("torch.")}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

@@ -1,0 +1,230 @@
+"""Train the default model shipped in weights/ (not imported at run time).
+
+Builds its text from ../shared/corpus/ (deterministically), renders every conversation in the
+project's chat template, keeps a validation split apart, trains chatgpt_cli.model.GPT with the
+GPT-2 tokenizer (tied unembedding) and exports a Hugging Face style directory.
+
+    python scripts/train_default.py --out weights --minutes 120
+    python scripts/train_default.py --tiny --steps 3 --out /tmp/w   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from chatgpt_cli.template import load_template  # noqa: E402
+from chatgpt_cli.model import GPT, GPTConfig, init_weights  # noqa: E402
+from chatgpt_cli.tokenizer import EOT, Tokenizer  # noqa: E402
+from chatgpt_cli.weights import load_model, save_model  # noqa: E402
+
+# (folder, file, kind, fraction of conversations/paragraphs kept)
+SOURCES = [
+    ("topical-chat", "topical_chat_conversations.txt", "dialogue", 1.0),
+    ("synthetic-persona-chat", "spc_conversations.txt", "dialogue", 1.0),
+    ("dolly-open-qa", "dolly_open_qa.txt", "dialogue", 1.0),
+    ("chatterbot-corpus", "chatterbot_english.txt", "dialogue", 1.0),
+    ("taskmaster4", "taskmaster4_dialogues.txt", "dialogue", 1.0),
+    ("sgd", "sgd_dialogues.txt", "dialogue", 0.4),
+    ("tinystories-sample", "tinystories_val_head.txt", "prose", 1.0),
+    ("gutenberg", "*.txt", "prose", 0.4),
+]
+VAL_EVERY = 25  # every 25th conversation of each dialogue source is held out for validation
+
+
+def read_blocks(path: Path) -> list[str]:
+    """Blank-line separated blocks (conversations, or paragraphs of prose)."""
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+    return [b.strip() for b in text.split("\n\n") if b.strip()]
+
+
+def render_dialogue(block: str, template) -> str | None:
+    """A corpus conversation ('User: ...' / 'Assistant: ...' lines) in the project's template."""
+    turns: list[tuple[str, str]] = []
+    for line in block.split("\n"):
+        if line.startswith("User:"):
+            turns.append(("user", line[5:].strip()))
+        elif line.startswith("Assistant:"):
+            turns.append(("assistant", line[10:].strip()))
+        elif turns:  # a continuation line belongs to the turn before it
+            turns[-1] = (turns[-1][0], turns[-1][1] + "\n" + line)
+    if not any(role == "assistant" for role, _ in turns):
+        return None
+    parts = [template.render_system(template.system)]
+    for role, msg in turns:
+        parts.append(template.render_user(msg) if role == "user" else template.render_reply(msg))
+    return "".join(parts)
+
+
+def build_data(corpus: Path, seed: int) -> tuple[list[str], list[str]]:
+    """(train documents, validation dialogues), the same on every run."""
+    template = load_template("default")
+    rng = random.Random(seed)
+    train, val = [], []
+    for folder, pattern, kind, keep in SOURCES:
+        for path in sorted((corpus / folder).glob(pattern)):
+            blocks = read_blocks(path)
+            if kind == "prose":  # join paragraphs into chunks of about 2,000 characters
+                chunks, cur = [], ""
+                for b in blocks:
+                    cur = f"{cur}\n\n{b}" if cur else b
+                    if len(cur) > 2000:
+                        chunks.append(cur)
+                        cur = ""
+                blocks = chunks + ([cur] if cur else [])
+            for i, block in enumerate(blocks):
+                doc = render_dialogue(block, template) if kind == "dialogue" else block
+                if doc is None:
+                    continue
+                if kind == "dialogue" and i % VAL_EVERY == 0:
+                    val.append(doc)
+                elif rng.random() < keep:
+                    train.append(doc)
+    rng.shuffle(train)
+    return train, val
+
+
+def to_stream(docs: list[str], tok: Tokenizer) -> torch.Tensor:
+    ids: list[int] = []
+    for doc in docs:
+        ids.extend(tok.encode(doc))
+        ids.append(EOT)
+    return torch.tensor(ids, dtype=torch.int32)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data: torch.Tensor, block: int, max_windows: int = 200) -> float:
+    """Mean loss (nats/token) over consecutive windows of the validation stream."""
+    model.eval()
+    losses, count = 0.0, 0
+    n = min(max_windows, (len(data) - 1) // block)
+    for i in range(n):
+        x = data[i * block:(i + 1) * block].long()[None]
+        y = data[i * block + 1:(i + 1) * block + 1].long()[None]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        losses += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+        count += y.numel()
+    model.train()
+    return losses / max(count, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    ap.add_argument("--out", type=Path, default=ROOT / "weights")
+    ap.add_argument("--n-embd", type=int, default=256)
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--block", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=3000, help="planned steps (the learning-rate schedule)")
+    ap.add_argument("--minutes", type=float, default=0, help="stop after this much time (0: no limit)")
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training step (faster)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model on a little data (tests)")
+    args = ap.parse_args()
+    if args.tiny:
+        args.compile = False
+        args.n_embd, args.n_layer, args.n_head, args.block, args.batch = 32, 1, 2, 32, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    tok = Tokenizer()
+    t0 = time.time()
+    train_docs, val_docs = build_data(args.corpus, args.seed)
+    if args.tiny:
+        train_docs, val_docs = train_docs[:200], val_docs[:20]
+    train, val = to_stream(train_docs, tok), to_stream(val_docs, tok)
+    print(f"data: {len(train_docs)} train docs, {len(train):,} tokens; {len(val_docs)} val dialogues, "
+          f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
+
+    config = GPTConfig(n_positions=args.block, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head)
+    model = init_weights(GPT(config), args.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), fused=False)
+    gen = torch.Generator().manual_seed(args.seed)
+    warmup = max(1, min(200, args.steps // 10))
+
+    def progress(step: int) -> float:
+        """How far through the run: by steps, or by the time budget when that comes first."""
+        by_time = (time.time() - start) / (args.minutes * 60) if args.minutes else 0.0
+        return min(1.0, max(step / args.steps, by_time))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(step))))
+
+    def save(step: int, val_loss: float) -> None:
+        meta = {"step": step, "tokens_seen": step * args.batch * args.block, "val_loss": round(val_loss, 4),
+                "minutes": round((time.time() - start) / 60, 1), "settings": vars(args) | {
+                    "corpus": "../shared/corpus", "out": str(args.out)}}
+        save_model(model, args.out, dtype=torch.float16)
+        (args.out / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    start = time.time()
+    model.train()
+    step, tokens, last = 0, 0, time.time()
+    val_loss, best = float("nan"), float("inf")
+    step_fn = torch.compile(loss_of) if args.compile else loss_of
+    while progress(step) < 1.0:
+        ix = torch.randint(len(train) - args.block - 1, (args.batch,), generator=gen)
+        x = torch.stack([train[i:i + args.block] for i in ix]).long()
+        y = torch.stack([train[i + 1:i + 1 + args.block] for i in ix]).long()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = step_fn(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens += x.numel()
+        if step % 20 == 0 or step == 1:
+            rate = tokens / (time.time() - last)
+            print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} {rate:.0f} tok/s", flush=True)
+            tokens, last = 0, time.time()
+        if step % args.eval_every == 0:
+            val_loss = evaluate(model, val, args.block)
+            print(f"step {step} val_loss {val_loss:.4f} ({(time.time() - start) / 60:.1f} min)", flush=True)
+            if val_loss < best:  # keep the best checkpoint, should later steps overfit
+                best = val_loss
+                save(step, val_loss)
+    val_loss = evaluate(model, val, args.block)
+    if val_loss < best:
+        save(step, val_loss)
+    else:
+        print(f"final val_loss {val_loss:.4f} is above the best ({best:.4f}): keeping the best checkpoint")
+        model.load_state_dict(load_model(args.out, dtype="float32").model.state_dict())
+    full = evaluate(model, val, args.block, max_windows=10_000)
+    print(f"val_loss {full:.4f} nats/token over the whole validation split", flush=True)
+    meta = json.loads((args.out / "training.json").read_text())
+    meta["val_loss_full_split"] = round(full, 4)
+    (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

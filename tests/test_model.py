@@ -1,0 +1,103 @@
+"""The decoder against Hugging Face transformers' GPT2LMHeadModel on the same weights."""
+
+import pytest
+import torch
+from conftest import hf_model, write_file, write_hf_dir
+
+from chatgpt_cli.generate import Engine, decode_one, prefill
+from chatgpt_cli.sampling import SamplingOptions
+from chatgpt_cli.weights import load_model
+
+CONFIGS = [
+    dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257),
+    dict(n_layer=3, n_head=3, n_embd=48, n_positions=40, vocab_size=1000),  # odd sizes
+    dict(n_layer=1, n_head=5, n_embd=40, n_positions=17, vocab_size=333),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("layout", ["hf_dir", "file_prefixed", "file_bare_with_buffers"])
+def test_logits_match_transformers(tmp_path, cfg, layout):
+    ref = hf_model(**cfg, seed=1)
+    if layout == "hf_dir":
+        path = write_hf_dir(ref, tmp_path / "m")
+    elif layout == "file_prefixed":  # no config.json: everything inferred, n_head from metadata
+        path = write_file(ref, tmp_path / "m.safetensors", metadata={"n_head": str(cfg["n_head"])})
+    else:
+        path = write_file(ref, tmp_path / "m.safetensors", prefix=False, with_mask_buffers=True,
+                          metadata={"n_head": str(cfg["n_head"])})
+    model = load_model(path, dtype="float32", device="cpu").model
+    idx = torch.randint(0, cfg["vocab_size"], (2, cfg["n_positions"]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_n_head_inferred_as_n_embd_over_64(tmp_path):
+    ref = hf_model(n_layer=1, n_head=2, n_embd=128, n_positions=16, vocab_size=100)
+    model = load_model(write_file(ref, tmp_path / "m.safetensors"), dtype="float32").model
+    assert model.config.n_head == 2
+    idx = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_own_lm_head_is_used(tmp_path):
+    ref = hf_model(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=100)
+    ref.config.tie_word_embeddings = False
+    state = {k: v.clone() for k, v in ref.state_dict().items() if not k.endswith(".attn.bias")}
+    state["lm_head.weight"] = torch.randn(100, 32)
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "m.safetensors"), metadata={"n_head": "2"})
+    model = load_model(tmp_path / "m.safetensors", dtype="float32").model
+    assert model.lm_head is not None
+    idx = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        hidden = ref.transformer(idx).last_hidden_state
+        torch.testing.assert_close(model(idx), hidden @ state["lm_head.weight"].T, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_prefill_plus_decode_equals_full_forward(tiny_dir):
+    model = load_model(tiny_dir, dtype="float32").model
+    idx = torch.randint(0, 50257, (1, 30))
+    with torch.no_grad():
+        full = model(idx)[0]
+        model.setup_cache(64)
+        steps = [prefill(model, idx[0, :10].tolist(), 0)]
+        steps += [decode_one(model, int(idx[0, i]), i) for i in range(10, 30)]
+        model.setup_cache(None)
+    torch.testing.assert_close(torch.stack(steps), full[9:], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_matches_transformers_generate(tiny_dir, tiny_hf):
+    model = load_model(tiny_dir, dtype="float32").model
+    prompt = [464, 3290, 318, 257]
+    with torch.no_grad():
+        ref = tiny_hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                               pad_token_id=50256, eos_token_id=None)[0, len(prompt):].tolist()
+    ours = list(Engine(model).generate(prompt, 40, SamplingOptions(temperature=0), stop_at_eot=False))
+    assert ours == ref
+
+
+def test_generation_past_the_window_goes_on(tiny_dir):
+    model = load_model(tiny_dir, dtype="float32").model  # window 64
+    engine = Engine(model)
+    out = list(engine.generate([1, 2, 3], 150, SamplingOptions(temperature=1.0, seed=3), stop_at_eot=False))
+    assert len(out) == 150
+    assert engine.stats.reencodes >= 2
+    assert len(engine.cached) <= 64
+
+
+def test_engine_reuses_the_common_prefix(tiny_dir):
+    engine = Engine(load_model(tiny_dir, dtype="float32").model)
+    greedy = SamplingOptions(temperature=0)
+    first = list(engine.generate(list(range(100, 120)), 5, greedy, stop_at_eot=False))
+    assert engine.stats.tokens_run == 20 + 4  # the prompt, then one decode per token but the last
+    # the same conversation, longer: only the new tokens run through the model
+    prompt = list(range(100, 120)) + first[:4] + [7, 8, 9]
+    list(engine.generate(prompt, 1, greedy))
+    assert engine.stats.tokens_run == 3
+    # a request that shares nothing runs whole, and gives the same tokens as a fresh engine
+    fresh = Engine(load_model(tiny_dir, dtype="float32").model)
+    assert list(engine.generate([5, 6], 5, greedy, stop_at_eot=False)) == \
+        list(fresh.generate([5, 6], 5, greedy, stop_at_eot=False))
