@@ -62,7 +62,7 @@ def tiny_dir(tmp_path_factory, tiny_hf) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_file(tmp_path_factory, tiny_hf) -> Path:
-    return write_file(tiny_hf, tmp_path_factory.mktemp("tinyfile") / "tiny.safetensors")
+    return write_file(tiny_hf, tmp_path_factory.mktemp("tinyfile") / "tiny.safetensors", metadata={"n_head": "2"})
 
 
 def read_config(path: Path) -> dict:
