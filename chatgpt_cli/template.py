@@ -11,9 +11,10 @@ A template is a small TOML file in prompts/ (see prompts/default.toml):
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from chatgpt_cli.errors import UsageError
 from chatgpt_cli.resources import shipped

@@ -213,7 +213,8 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, where: Pa
         want["lm_head.weight"] = (config.vocab_size, config.n_embd)
     problems = []
     if missing := [k for k in want if k not in tensors]:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:4])}"
+                        + (" ..." if len(missing) > 4 else ""))
     if unexpected := [k for k in tensors if k not in want]:
         problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:4])}"
                         + (" ..." if len(unexpected) > 4 else ""))

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatgpt_cli.template import load_template  # noqa: E402
 from chatgpt_cli.model import GPT, GPTConfig, init_weights  # noqa: E402
+from chatgpt_cli.template import load_template  # noqa: E402
 from chatgpt_cli.tokenizer import EOT, Tokenizer  # noqa: E402
 from chatgpt_cli.weights import load_model, save_model  # noqa: E402
 

@@ -20,7 +20,7 @@ def hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257, s
                      vocab_size=vocab_size, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # make LayerNorms and biases non-trivial too
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return model
