@@ -261,3 +261,44 @@ def main() -> None:
         quiet_broken_pipe()
         sys.exit(0)
 
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
+    system: Annotated[Optional[str], typer.Option(help="Replace the template's system prompt.")] = None,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact text the model sees "
+                                                                    "(and its token count) before each reply.")] = False,
+    max_tokens: MaxTokensOpt = 120,
+    temperature: TemperatureOpt = 0.7,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Chat with the model: interactive on a terminal; over a pipe, one turn per input line."""
+    handle_sigterm()
+    with guarded():
+        from chatgpt_cli.chat import Chat, Settings
+        from chatgpt_cli.template import load_template
+
+        settings = Settings(temperature, top_k, top_p, max_tokens, seed)
+        tmpl = load_template(template)
+        loaded = load(model, dtype, device, verbose)
+        from chatgpt_cli.generate import Engine
+        from chatgpt_cli.repl import PlainOutput, run_piped, run_terminal
+
+        session = Chat(Engine(loaded.model), tmpl, settings, system=system, show_prompt=show_prompt)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from rich.console import Console
+
+            banner = (f"chatgpt-cli chat · {loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0]} · "
+                      f"template {tmpl.name} · /help for commands · Ctrl-D to leave")
+            plain = bool(os.environ.get("NO_COLOR"))  # no colour, and no other styling either
+            run_terminal(session, Console(color_system=None if plain else "auto"), banner)
+        else:
+            lines = (raw.decode("utf-8", errors="replace") for raw in sys.stdin.buffer)
+            run_piped(session, lines, PlainOutput(sys.stdout, sys.stderr))

@@ -1,0 +1,278 @@
+"""A conversation with a model that only continues text: the transcript, its commands, its replies.
+
+The transcript is rendered with a template (template.py) and encoded piece by piece, so that each
+turn's tokens are a prefix of the next turn's: the engine then runs only the new tokens. Terminal
+and pipe handling live in repl.py; this module writes through a small ``Output`` interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from chatgpt_cli.errors import ChatGPTCliError, UsageError
+from chatgpt_cli.sampling import SamplingOptions, check_options, make_generator
+from chatgpt_cli.streaming import TextStream
+from chatgpt_cli.template import Template, load_template
+from chatgpt_cli.tokenizer import EOT, Tokenizer
+
+SCHEMA = "chatgpt-cli/chat-v1"
+HELP = """Commands:
+  /help                 this list
+  /reset                start over (keeps the system prompt and settings)
+  /system TEXT          replace the system prompt (and start over)
+  /set NAME VALUE       temperature, top_k, top_p, max_tokens or seed ("/set seed none" unseeds)
+  /show                 settings, template and context used
+  /retry                sample the last reply again
+  /undo                 drop the last exchange
+  /save FILE            save the conversation as JSON
+  /load FILE            load a conversation saved with /save
+  /exit                 leave (or Ctrl-D)"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    max_tokens: int = 120
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_options(self.temperature, self.top_k, self.top_p, self.seed)
+        if self.max_tokens < 1:
+            raise UsageError(f"max_tokens must be >= 1, not {self.max_tokens}")
+
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+@dataclass
+class Turn:
+    user: str
+    reply: str
+    cut_short: bool = False
+
+
+class Output(Protocol):
+    def reply_text(self, text: str) -> None: ...  # a piece of the streamed reply
+    def reply_end(self, footer: str, cut_short: bool) -> None: ...
+    def info(self, text: str) -> None: ...  # command output, notes (dim on a terminal)
+    def error(self, text: str) -> None: ...
+
+
+class Engine(Protocol):  # what generate.Engine offers the chat
+    window: int
+    def generate(self, prompt: list[int], max_new_tokens: int, options: SamplingOptions,
+                 generator=None, stop_at_eot: bool = True): ...
+
+
+@dataclass
+class Chat:
+    engine: Engine
+    template: Template
+    settings: Settings = field(default_factory=Settings)
+    system: str | None = None  # None: the template's
+    turns: list[Turn] = field(default_factory=list)
+    show_prompt: bool = False
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+
+    def __post_init__(self) -> None:
+        if self.system is None:
+            self.system = self.template.system
+        self.generator = make_generator(self.settings.seed)
+
+    # --- the transcript -------------------------------------------------------------------
+    def history(self, turns: list[Turn]) -> list[str]:
+        """The system prompt and the finished exchanges, as pieces of text."""
+        t = self.template
+        pieces = [t.render_system(self.system)]
+        for turn in turns:
+            pieces += [t.render_user(turn.user), t.render_reply(turn.reply)]
+        return pieces
+
+    def transcript(self, turns: list[Turn], message: str) -> list[str]:
+        """The pieces of text the model sees for the next reply, ending with the assistant's label."""
+        return self.history(turns) + [self.template.render_user(message), self.template.assistant_prefix]
+
+    def encode(self, pieces: list[str]) -> list[int]:
+        return [i for piece in pieces for i in self.tokenizer.encode(piece)]
+
+    def fit(self, message: str, out: Output) -> list[int]:
+        """Tokens for the next reply, dropping the oldest whole turns when the window is too small."""
+        room = self.engine.window - min(self.settings.max_tokens, self.engine.window // 2)
+        dropped = 0
+        while True:
+            ids = self.encode(self.transcript(self.turns[dropped:], message))
+            if len(ids) <= room or dropped == len(self.turns):
+                break
+            dropped += 1
+        if dropped:
+            self.turns = self.turns[dropped:]
+            out.info(f"(the conversation outgrew the {self.engine.window}-token window: "
+                     f"dropped the oldest {dropped} exchange(s), kept the system prompt)")
+        if len(ids) > room:  # one message longer than the window: keep the system prompt and its end
+            head = self.encode([self.template.render_system(self.system)])
+            tail = self.encode(self.transcript([], message)[1:])
+            keep = max(room - len(head), 1)
+            ids = (head + tail[-keep:])[-room:]
+            out.info(f"(the message is too long for the window: kept its last {keep} tokens)")
+        return ids
+
+    # --- replies ----------------------------------------------------------------------------
+    def say(self, message: str, out: Output) -> Turn:
+        ids = self.fit(message, out)
+        if self.show_prompt:
+            out.info(f"--- prompt ({len(ids)} tokens) ---\n{self.tokenizer.decode(ids)}\n---")
+        stream = TextStream(self.tokenizer, self.template.stop)
+        t0, n, cut = time.perf_counter(), 0, False
+        try:
+            for token in self.engine.generate(ids, self.settings.max_tokens, self.settings.sampling(),
+                                              self.generator):
+                n += 1
+                if token == EOT:
+                    break
+                out.reply_text(stream.push(token))
+                if stream.stopped:
+                    break
+            out.reply_text(stream.finish())
+        except KeyboardInterrupt:
+            cut = True
+        seconds = time.perf_counter() - t0
+        turn = Turn(message, stream.text.strip(), cut)
+        self.turns.append(turn)
+        used = len(ids) + n
+        out.reply_end(f"{n} tokens · {n / seconds if seconds else 0:.1f} tok/s · "
+                      f"context {used}/{self.engine.window}", cut)
+        return turn
+
+    # --- commands ---------------------------------------------------------------------------
+    def command(self, line: str, out: Output) -> bool:
+        """Run a /command; False means leave."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        try:
+            if name in ("/exit", "/quit"):
+                return False
+            handler = COMMANDS.get(name)
+            if handler is None:
+                out.error(f"unknown command {name}; /help lists them")
+            else:
+                handler(self, arg, out)
+        except ChatGPTCliError as e:
+            out.error(str(e))
+        return True
+
+    def cmd_help(self, arg: str, out: Output) -> None:
+        out.info(HELP)
+
+    def cmd_reset(self, arg: str, out: Output) -> None:
+        self.turns = []
+        out.info("(conversation cleared)")
+
+    def cmd_system(self, arg: str, out: Output) -> None:
+        if not arg:
+            raise UsageError(f"usage: /system TEXT (now: {self.system!r})")
+        self.system, self.turns = arg, []
+        out.info("(system prompt replaced; conversation cleared)")
+
+    def cmd_set(self, arg: str, out: Output) -> None:
+        key, _, value = arg.partition(" ")
+        kinds = {"temperature": float, "top_k": int, "top_p": float, "max_tokens": int, "seed": int}
+        if key not in kinds or not value.strip():
+            raise UsageError("usage: /set temperature|top_k|top_p|max_tokens|seed VALUE")
+        try:
+            parsed = None if key == "seed" and value.strip().lower() == "none" else kinds[key](value)
+        except ValueError:
+            raise UsageError(f"/set {key}: {value.strip()!r} is not a valid {kinds[key].__name__}") from None
+        self.settings = replace(self.settings, **{key: parsed})
+        if key == "seed":
+            self.generator = make_generator(parsed)
+        out.info(f"({key} = {parsed})")
+
+    def cmd_show(self, arg: str, out: Output) -> None:
+        s = self.settings
+        used = len(self.encode(self.history(self.turns)))
+        out.info(f"template: {self.template.name} ({self.template.description})\n"
+                 f"system: {self.system}\n"
+                 f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, "
+                 f"max_tokens {s.max_tokens}, seed {s.seed}\n"
+                 f"exchanges: {len(self.turns)}; context used: {used}/{self.engine.window} tokens")
+
+    def cmd_retry(self, arg: str, out: Output) -> None:
+        if not self.turns:
+            raise UsageError("nothing to retry yet")
+        last = self.turns.pop()
+        self.say(last.user, out)
+
+    def cmd_undo(self, arg: str, out: Output) -> None:
+        if not self.turns:
+            raise UsageError("nothing to undo")
+        self.turns.pop()
+        out.info("(last exchange dropped)")
+
+    def cmd_save(self, arg: str, out: Output) -> None:
+        if not arg:
+            raise UsageError("usage: /save FILE")
+        save_json(Path(arg).expanduser(), self.to_json())
+        out.info(f"(saved {len(self.turns)} exchange(s) to {arg})")
+
+    def cmd_load(self, arg: str, out: Output) -> None:
+        if not arg:
+            raise UsageError("usage: /load FILE")
+        self.load_json(read_json(Path(arg).expanduser()))
+        out.info(f"(loaded {len(self.turns)} exchange(s) from {arg})")
+
+    # --- files ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "template": self.template.name, "system": self.system,
+                "settings": asdict(self.settings), "turns": [asdict(t) for t in self.turns]}
+
+    def load_json(self, data: object) -> None:
+        """Replace the conversation with a saved one; on any error nothing changes."""
+        try:
+            assert isinstance(data, dict) and data.get("schema") == SCHEMA
+            template = load_template(str(data["template"]))
+            assert isinstance(data["system"], str)
+            settings = Settings(**data["settings"])
+            turns = [Turn(str(t["user"]), str(t["reply"]), bool(t.get("cut_short", False))) for t in data["turns"]]
+            assert all(isinstance(t["user"], str) and isinstance(t["reply"], str) for t in data["turns"])
+        except (AssertionError, KeyError, TypeError, AttributeError) as e:
+            raise ChatGPTCliError(f"not a chatgpt-cli chat file ({type(e).__name__}: {e})"
+                                  if str(e) else "not a chatgpt-cli chat file") from None
+        self.template, self.system, self.settings, self.turns = template, data["system"], settings, turns
+        self.generator = make_generator(settings.seed)
+
+
+COMMANDS = {f"/{name[4:]}": fn for name, fn in vars(Chat).items() if name.startswith("cmd_")}
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChatGPTCliError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ChatGPTCliError(f"cannot read {path}: {e}") from None
+
+
+def save_json(path: Path, data: dict) -> None:
+    """Write atomically (a temporary file, then rename) and readable by the owner only."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, ensure_ascii=False)
+                f.write("\n")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise ChatGPTCliError(f"cannot save to {path}: {e.strerror or e}") from None

@@ -1,0 +1,168 @@
+"""The chat's two faces: an interactive REPL on a terminal, and plain line-by-line chat over a pipe."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+
+from chatgpt_cli.chat import Chat
+
+CONTINUE = "... "
+
+
+class PlainOutput:
+    """Piped: replies alone on stdout, one per line(s); notes and errors on stderr; no colour."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self._started = False
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    def reply_text(self, text: str) -> None:
+        if not self._started:  # the reply's first token usually starts with a space
+            text = text.lstrip()
+            self._started = bool(text)
+        self._write(self.out, text)
+
+    def reply_end(self, footer: str, cut_short: bool) -> None:
+        self._started = False
+        self._write(self.out, "\n")
+        if cut_short:
+            self._write(self.err, "(cut short)\n")
+
+    def info(self, text: str) -> None:
+        self._write(self.err, text + "\n")
+
+    def error(self, text: str) -> None:
+        self._write(self.err, f"error: {text}\n")
+
+
+class TerminalOutput:
+    """A terminal: the label in bold, the reply streamed as sampled, a dim footer after it."""
+
+    def __init__(self, console: Console, label: str) -> None:
+        self.console, self.label = console, label
+        self._started = False
+
+    def reply_text(self, text: str) -> None:
+        if not self._started:
+            self.console.print(self.label, style="bold cyan", end="", markup=False, highlight=False)
+            self._started = True
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def reply_end(self, footer: str, cut_short: bool) -> None:
+        if not self._started:
+            self.reply_text("")
+        self._started = False
+        sys.stdout.write("\n")
+        if cut_short:
+            self.console.print("[cut short]", style="yellow", markup=False, highlight=False)
+        self.console.print(footer, style="dim", markup=False, highlight=False)
+
+    def info(self, text: str) -> None:
+        self.console.print(text, style="dim", markup=False, highlight=False)
+
+    def error(self, text: str) -> None:
+        self.console.print(f"error: {text}", style="red", markup=False, highlight=False)
+
+
+def run_piped(chat: Chat, lines: TextIO, out: PlainOutput) -> None:
+    """Each non-empty input line is one user turn (or a /command)."""
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not chat.command(line, out):
+                return
+            continue
+        chat.say(line, out)
+
+
+def history_file() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "chatgpt-cli" / "history"
+
+
+def make_history(console: Console):
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    class SafeFileHistory(FileHistory):
+        warned = False
+
+        def store_string(self, string: str) -> None:
+            try:
+                super().store_string(string)
+            except OSError as e:
+                if not self.warned:
+                    console.print(f"warning: cannot write the history file {self.filename}: {e.strerror}; "
+                                  "history is kept for this session only", style="yellow", markup=False)
+                    SafeFileHistory.warned = True
+
+    path = history_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+        return SafeFileHistory(str(path))
+    except OSError as e:
+        console.print(f"warning: cannot use the history file {path}: {e.strerror}; "
+                      "history is kept for this session only", style="yellow", markup=False)
+        return InMemoryHistory()
+
+
+def read_message(session) -> str:
+    """One message: a line; a trailing backslash continues it; a \"\"\" line opens a block until \"\"\"."""
+    first = session.prompt("> ")
+    if first.strip() == '"""':
+        lines = []
+        while (line := session.prompt(CONTINUE)).strip() != '"""':
+            lines.append(line)
+        return "\n".join(lines)
+    lines = [first]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(session.prompt(CONTINUE))
+    return "\n".join(lines)
+
+
+def run_terminal(chat: Chat, console: Console, banner: str) -> None:
+    from prompt_toolkit import PromptSession
+
+    session = PromptSession(history=make_history(console))
+    out = TerminalOutput(console, chat.template.assistant_prefix)
+    console.print(banner, style="dim", markup=False, highlight=False)
+    interrupts = 0
+    while True:
+        try:
+            message = read_message(session)
+        except KeyboardInterrupt:
+            typed = session.default_buffer.text
+            if typed.strip():  # keep what was typed: it is one arrow-up away
+                session.history.append_string(typed)
+            interrupts += 1
+            if interrupts >= 2:
+                break
+            console.print("(Ctrl-C again, Ctrl-D or /exit to leave)", style="dim")
+            continue
+        except EOFError:
+            break
+        interrupts = 0
+        if not message.strip():
+            continue
+        if message.startswith("/"):
+            if not chat.command(message, out):
+                break
+            continue
+        try:
+            chat.say(message, out)
+        except KeyboardInterrupt:
+            out.reply_end("", cut_short=True)
