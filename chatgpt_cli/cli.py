@@ -268,8 +268,8 @@ def chat(
     model: ModelOpt = None,
     template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
     system: Annotated[Optional[str], typer.Option(help="Replace the template's system prompt.")] = None,
-    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the exact text the model sees "
-                                                                    "(and its token count) before each reply.")] = False,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help=(
+        "Print the exact text the model sees (and its token count) before each reply."))] = False,
     max_tokens: MaxTokensOpt = 120,
     temperature: TemperatureOpt = 0.7,
     top_k: TopKOpt = 40,
