@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,7 @@ def guarded() -> Iterator[None]:
         err(f"error: {e}")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while leaving changes nothing
         err("\ninterrupted")
         raise typer.Exit(130) from None
     except BrokenPipeError:
@@ -104,7 +106,11 @@ def load(model: str | None, dtype: str, device: str, verbose: bool) -> LoadedMod
     t0 = time.perf_counter()
     from chatgpt_cli.weights import load_model
 
-    loaded = load_model(model_path(model), dtype=dtype, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(model_path(model), dtype=dtype, device=device)
+    for w in caught:
+        err(f"warning: {w.message}")
     if verbose:
         err(f"loaded {', '.join(map(str, loaded.files))} ({loaded.n_params:,} parameters, "
             f"{str(loaded.dtype).removeprefix('torch.')}, {loaded.device}) in {time.perf_counter() - t0:.2f}s")
@@ -260,6 +266,9 @@ def main() -> None:
     except BrokenPipeError:
         quiet_broken_pipe()
         sys.exit(0)
+    except KeyboardInterrupt:  # outside any command (while importing, say)
+        err("\ninterrupted")
+        sys.exit(130)
 
 
 

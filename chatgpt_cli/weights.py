@@ -120,9 +120,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def tensor_from(path: Path, name: str, info: object, mm: mmap.mmap | None, base: int, data_size: int) -> torch.Tensor:
     try:
-        dtype_name, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(start, int) \
-                or not isinstance(end, int):
+        dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        if not (isinstance(dtype_name, str) and isinstance(shape, list) and isinstance(start, int)
+                and isinstance(end, int) and all(isinstance(d, int) and d >= 0 for d in shape)):
             raise TypeError
     except (TypeError, KeyError, ValueError):
         raise WeightsError(f"{path}: malformed header entry for tensor {name!r}") from None
@@ -169,11 +169,11 @@ def config_from(tensors: dict[str, torch.Tensor], config_json: dict | None, meta
         act = config_json.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
             raise WeightsError(f"{where}: activation_function {act!r} is not GPT-2's tanh GELU")
-        try:
-            config = GPTConfig(**values)
-            assert all(isinstance(getattr(config, f.name), int) for f in fields(GPTConfig) if f.type == "int")
-        except (TypeError, AssertionError):
-            raise WeightsError(f"{where}: config.json has malformed values") from None
+        for name, value in values.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (name != "layer_norm_epsilon" and not isinstance(value, int)):
+                raise WeightsError(f"{where}: config.json has a malformed {name}: {value!r}")
+        config = GPTConfig(**values)
     else:
         layers = {int(m.group(1)) for k in tensors if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
         n_embd = wte.shape[1]
