@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -69,7 +70,7 @@ class Output(Protocol):
 class Engine(Protocol):  # what generate.Engine offers the chat
     window: int
     def generate(self, prompt: list[int], max_new_tokens: int, options: SamplingOptions,
-                 generator=None, stop_at_eot: bool = True): ...
+                 generator=None, stop_at_eot: bool = True, on_step=None): ...
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Chat:
     turns: list[Turn] = field(default_factory=list)
     show_prompt: bool = False
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
+    on_step: Callable | None = None  # sees each token's logits (the --show-probs view)
 
     def __post_init__(self) -> None:
         if self.system is None:
@@ -133,7 +135,7 @@ class Chat:
         t0, n, cut = time.perf_counter(), 0, False
         try:
             for token in self.engine.generate(ids, self.settings.max_tokens, self.settings.sampling(),
-                                              self.generator):
+                                              self.generator, on_step=self.on_step):
                 n += 1
                 if token == EOT:
                     break

@@ -56,6 +56,8 @@ TopPOpt = Annotated[float, typer.Option("--top-p", help="Sample from the smalles
 SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for a reproducible run.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="End at this text (repeatable; not printed).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Timings and details on stderr.")]
+ShowProbsOpt = Annotated[bool, typer.Option("--show-probs", help=(
+    "On a terminal, colour each token by the probability it was sampled with (red unlikely, green likely)."))]
 
 
 def err(message: str) -> None:
@@ -166,6 +168,8 @@ def complete(
     seed: SeedOpt = None,
     stop: StopOpt = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Go on past end-of-text.")] = False,
+    show_probs: ShowProbsOpt = False,
+    alternatives: Annotated[int, typer.Option(help="After the text, list the N most likely tokens of each step.")] = 0,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
@@ -175,16 +179,20 @@ def complete(
     with guarded():
         if max_tokens < 0:
             raise UsageError(f"--max-tokens must be >= 0, not {max_tokens}")
+        if alternatives < 0:
+            raise UsageError(f"--alternatives must be >= 0, not {alternatives}")
         from chatgpt_cli.sampling import check_options
 
         check_options(temperature, top_k, top_p, seed)
         text = prompt_text(prompt)
         loaded = load(model, dtype, device, verbose)
-        run_completion(loaded, text, max_tokens, temperature, top_k, top_p, seed, stop or [], ignore_eos, verbose)
+        run_completion(loaded, text, max_tokens, temperature, top_k, top_p, seed, stop or [], ignore_eos, verbose,
+                       show_probs, alternatives)
 
 
 def run_completion(loaded: LoadedModel, text: str, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                   seed: int | None, stop: list[str], ignore_eos: bool, verbose: bool) -> None:
+                   seed: int | None, stop: list[str], ignore_eos: bool, verbose: bool,
+                   show_probs: bool = False, alternatives: int = 0) -> None:
     from chatgpt_cli.generate import Engine
     from chatgpt_cli.sampling import SamplingOptions
     from chatgpt_cli.streaming import TextStream
@@ -200,21 +208,38 @@ def run_completion(loaded: LoadedModel, text: str, max_tokens: int, temperature:
         ids = ids[-room:]
     options = SamplingOptions(temperature, top_k, top_p, seed)
     stream = TextStream(tok, stop)
+    recorder, painter = None, None
+    if show_probs or alternatives:
+        from chatgpt_cli.cli_inspect import StepRecorder, console
+
+        recorder = StepRecorder(alternatives, temperature, top_k, top_p)
+        painter = console() if show_probs and sys.stdout.isatty() else None
     t0 = time.perf_counter()
     first = None
     try:
-        for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos):
+        for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos, on_step=recorder):
             if first is None:
                 first = time.perf_counter() - t0
             if token == tok.eot and not ignore_eos:
                 break
-            write_out(stream.push(token))
+            piece = stream.push(token)
+            if painter is not None:
+                from chatgpt_cli.cli_inspect import prob_style
+
+                painter.print(piece, style=prob_style(recorder.last_prob), end="", markup=False)
+                sys.stdout.flush()
+            else:
+                write_out(piece)
             if stream.stopped:
                 break
         write_out(stream.finish())
     finally:
         if stream.text and not stream.text.endswith("\n"):
             write_out("\n")
+    if recorder is not None and alternatives:
+        from chatgpt_cli.cli_inspect import console, print_alternatives
+
+        print_alternatives(console(), tok, recorder)
     if verbose:
         s = engine.stats
         err(f"prompt {s.prompt_tokens} tokens, prefill {s.prefill_tokens / max(s.prefill_seconds, 1e-9):.1f} tok/s; "
@@ -284,6 +309,7 @@ def chat(
     top_k: TopKOpt = 40,
     top_p: TopPOpt = 0.95,
     seed: SeedOpt = None,
+    show_probs: ShowProbsOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
@@ -307,7 +333,14 @@ def chat(
             banner = (f"chatgpt-cli chat · {loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0]} · "
                       f"template {tmpl.name} · /help for commands · Ctrl-D to leave")
             plain = bool(os.environ.get("NO_COLOR"))  # no colour, and no other styling either
+            if show_probs:
+                from chatgpt_cli.cli_inspect import StepRecorder
+
+                session.on_step = StepRecorder(0, temperature, top_k, top_p)
             run_terminal(session, Console(color_system=None if plain else "auto"), banner)
         else:
             lines = (raw.decode("utf-8", errors="replace") for raw in sys.stdin.buffer)
             run_piped(session, lines, PlainOutput(sys.stdout, sys.stderr))
+
+
+from chatgpt_cli import cli_inspect  # noqa: E402,F401  (registers the commands next, attention, score)

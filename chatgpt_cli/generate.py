@@ -8,7 +8,7 @@ a chat, a retry) runs only the tokens that are new.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -89,8 +89,11 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, options: SamplingOptions,
-                 generator: torch.Generator | None = None, stop_at_eot: bool = True) -> Iterator[int]:
+                 generator: torch.Generator | None = None, stop_at_eot: bool = True,
+                 on_step: Callable[[torch.Tensor, int], None] | None = None) -> Iterator[int]:
         """Yield up to max_new_tokens sampled ids. End-of-text is yielded, then ends the stream.
+
+        ``on_step(logits, token)``, if given, sees the logits each token was sampled from.
 
         Past the window, the most recent half of the sequence is encoded again (GPT-2's positions
         are absolute, so the cache cannot be shifted) and generation goes on.
@@ -102,6 +105,8 @@ class Engine:
         logits = self._feed(tokens)
         for i in range(max_new_tokens):
             token = sample(logits, options, generator)
+            if on_step is not None:
+                on_step(logits, token)
             yield token
             if (token == EOT and stop_at_eot) or i == max_new_tokens - 1:
                 return  # no forward pass for a token nobody will see

@@ -47,15 +47,21 @@ class PlainOutput:
 class TerminalOutput:
     """A terminal: the label in bold, the reply streamed as sampled, a dim footer after it."""
 
-    def __init__(self, console: Console, label: str) -> None:
-        self.console, self.label = console, label
+    def __init__(self, console: Console, label: str, colour_by=None) -> None:
+        self.console, self.label, self.colour_by = console, label, colour_by
         self._started = False
 
     def reply_text(self, text: str) -> None:
         if not self._started:
             self.console.print(self.label, style="bold cyan", end="", markup=False, highlight=False)
             self._started = True
-        sys.stdout.write(text)
+        recorder = self.colour_by
+        if recorder is not None and recorder.steps:
+            from chatgpt_cli.cli_inspect import prob_style
+
+            self.console.print(text, style=prob_style(recorder.last_prob), end="", markup=False, highlight=False)
+        else:
+            sys.stdout.write(text)
         sys.stdout.flush()
 
     def reply_end(self, footer: str, cut_short: bool) -> None:
@@ -138,7 +144,7 @@ def run_terminal(chat: Chat, console: Console, banner: str) -> None:
     from prompt_toolkit import PromptSession
 
     session = PromptSession(history=make_history(console))
-    out = TerminalOutput(console, chat.template.assistant_prefix)
+    out = TerminalOutput(console, chat.template.assistant_prefix, colour_by=chat.on_step)
     console.print(banner, style="dim", markup=False, highlight=False)
     interrupts = 0
     while True:
