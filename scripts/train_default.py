@@ -92,7 +92,8 @@ def build_data(corpus: Path, seed: int) -> tuple[list[str], list[str]]:
                 elif rng.random() < keep:
                     train.append(doc)
     rng.shuffle(train)
-    return train, val
+    seen = set(train)  # the corpus repeats a few conversations verbatim: keep those out of validation
+    return train, [doc for doc in val if doc not in seen]
 
 
 def to_stream(docs: list[str], tok: Tokenizer) -> torch.Tensor:
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (faster)")
     ap.add_argument("--tiny", action="store_true", help="a tiny model on a little data (tests)")
+    ap.add_argument("--eval-only", action="store_true", help="only measure the model in --out on the validation split")
     args = ap.parse_args()
     if args.tiny:
         args.compile = False
@@ -153,6 +155,15 @@ def main() -> None:
     train, val = to_stream(train_docs, tok), to_stream(val_docs, tok)
     print(f"data: {len(train_docs)} train docs, {len(train):,} tokens; {len(val_docs)} val dialogues, "
           f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
+
+    if args.eval_only:
+        model = load_model(args.out, dtype="float32").model
+        full = evaluate(model, val, model.config.n_positions, max_windows=10_000)
+        print(f"val_loss {full:.4f} nats/token over the whole validation split ({len(val):,} tokens)")
+        meta = json.loads((args.out / "training.json").read_text())
+        meta |= {"val_loss_full_split": round(full, 4), "val_tokens": len(val)}
+        (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return
 
     config = GPTConfig(n_positions=args.block, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head)
     model = init_weights(GPT(config), args.seed)
