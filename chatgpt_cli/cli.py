@@ -343,4 +343,4 @@ def chat(
             run_piped(session, lines, PlainOutput(sys.stdout, sys.stderr))
 
 
-from chatgpt_cli import cli_inspect  # noqa: E402,F401  (registers the commands next, attention, score)
+from chatgpt_cli import cli_bench, cli_inspect  # noqa: E402,F401  (register next, attention, score, bench)

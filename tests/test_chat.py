@@ -28,7 +28,7 @@ class ScriptedEngine:
     def __init__(self, replies, window=1024):
         self.replies, self.window, self.prompts = list(replies), window, []
 
-    def generate(self, prompt, max_new_tokens, options, generator=None, stop_at_eot=True):
+    def generate(self, prompt, max_new_tokens, options, generator=None, stop_at_eot=True, on_step=None):
         self.prompts.append(list(prompt))
         yield from (TOK.encode(self.replies.pop(0)) + [EOT])[:max_new_tokens]
 

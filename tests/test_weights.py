@@ -141,3 +141,13 @@ def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir)
     idx = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(again.model.float()(idx), ref(idx).logits, atol=1e-3, rtol=1e-3)
+
+
+def test_16_bit_weights_get_the_fast_layout_and_the_same_logits(tiny_dir):
+    full = load_model(tiny_dir, dtype="float32").model
+    half = load_model(tiny_dir, dtype="bfloat16").model
+    w = half.transformer.h[0].mlp.c_fc.weight
+    assert w.shape == full.transformer.h[0].mlp.c_fc.weight.shape and w.stride() == (1, w.shape[0])
+    idx = torch.randint(0, 50257, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(half(idx).float(), full(idx), atol=0.05, rtol=0.05)

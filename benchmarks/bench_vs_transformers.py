@@ -1,0 +1,99 @@
+"""chatgpt-cli against Hugging Face transformers on the same GPT-2-shaped weights, in one run.
+
+    python benchmarks/bench_vs_transformers.py [--size gpt2] [--tokens 48] [--runs 3]
+
+Prints decode tok/s (after an 8-token and an 800-token prompt) and 512-token prefill tok/s for
+both engines at float32 and bfloat16 (and ours at float16), with the ratios the performance
+issue asks about. Random weights (seeded): speed does not depend on the values. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from chatgpt_cli.bench import GPT2_SHAPES, measure  # noqa: E402
+from chatgpt_cli.weights import load_model  # noqa: E402
+
+
+def hf_model(size: str, out: Path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_head, n_embd = GPT2_SHAPES[size]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).eval()
+    model.save_pretrained(out)
+    return model
+
+
+@torch.inference_mode()
+def hf_decode_rate(model, prompt: list[int], n: int) -> float:
+    """Decode tok/s with transformers' generate: (time for n tokens - time for 1) / (n - 1)."""
+    x = torch.tensor([prompt])
+
+    def gen(k: int) -> float:
+        t0 = time.perf_counter()
+        model.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t0
+
+    return (n - 1) / (gen(n) - gen(1))
+
+
+@torch.inference_mode()
+def hf_prefill_rate(model, ids: list[int], last_only: bool) -> float:
+    x = torch.tensor([ids])
+    t0 = time.perf_counter()
+    model(x, logits_to_keep=1) if last_only else model(x)
+    return len(ids) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="gpt2", choices=list(GPT2_SHAPES))
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    ids = torch.randint(0, 50257, (1024,), generator=torch.Generator().manual_seed(1)).tolist()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = hf_model(args.size, Path(tmp))
+        for dtype in ("float32", "bfloat16"):
+            ref = hf.to(getattr(torch, dtype))
+            hf_decode_rate(ref, ids[:8], 4)  # warm up
+            rows[f"transformers {dtype}"] = (
+                statistics.median(hf_decode_rate(ref, ids[:8], args.tokens) for _ in range(args.runs)),
+                statistics.median(hf_decode_rate(ref, ids[:800], args.tokens) for _ in range(args.runs)),
+                statistics.median(hf_prefill_rate(ref, ids[:512], False) for _ in range(args.runs)),
+                statistics.median(hf_prefill_rate(ref, ids[:512], True) for _ in range(args.runs)))
+            print(f"{'transformers ' + dtype:24s} done", flush=True)
+        del hf, ref
+        for dtype in ("float32", "bfloat16", "float16"):
+            model = load_model(tmp, dtype=dtype, device="cpu").model
+            r = measure(model, runs=args.runs, new_tokens=args.tokens)
+            rows[f"chatgpt-cli {dtype}"] = (r.decode_tok_s_short, r.decode_tok_s_long, r.prefill_tok_s, None)
+            print(f"{'chatgpt-cli ' + dtype:24s} done", flush=True)
+            del model
+    base = rows["transformers float32"][0]
+    print(f"\n{args.size}, batch 1; decode ratios are against transformers float32 decode ({base:.1f} tok/s)")
+    print(f"{'engine':24s} {'decode@8':>9s} {'decode@800':>11s} {'ratio':>6s} {'long/short':>10s} "
+          f"{'prefill512':>11s} {'(last only)':>11s}")
+    for name, (short, long, pre, pre_last) in rows.items():
+        last = f"{pre_last:11.0f}" if pre_last else f"{'':11s}"
+        print(f"{name:24s} {short:9.1f} {long:11.1f} {short / base:5.2f}x {long / short:10.2f} {pre:11.0f} {last}")
+    for dtype in ("float32", "bfloat16"):
+        ours, theirs = rows[f"chatgpt-cli {dtype}"][2], rows[f"transformers {dtype}"]
+        print(f"prefill {dtype}: chatgpt-cli / transformers = {ours / theirs[2]:.2f}x "
+              f"(/ transformers computing only the last logits: {ours / theirs[3]:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Measuring the engine: prefill and decode speed, time to first token, load time, peak memory.
+
+Benchmarks are measurements, not tests: run them on a quiet machine and compare ratios taken in
+the same run (benchmarks/ holds the comparison with transformers).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from chatgpt_cli.generate import Engine, prefill
+from chatgpt_cli.model import GPT, GPTConfig
+from chatgpt_cli.sampling import SamplingOptions
+
+# (n_layer, n_head, n_embd) of the four GPT-2 sizes; all have a 1024-token window.
+GPT2_SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+               "gpt2-xl": (48, 25, 1600)}
+
+
+def random_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT:
+    """A GPT-2 of that size with random weights (for measuring speed without a download)."""
+    n_layer, n_head, n_embd = GPT2_SHAPES[name]
+    with torch.device("meta"):
+        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    model = model.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=gen) if p.dim() == 2 else p.fill_(1.0)
+    return model.eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    prefill_tokens: int
+    prefill_tok_s: float
+    decode_tok_s_short: float  # after an 8-token prompt
+    decode_tok_s_long: float  # after a long prompt
+    long_context: int
+    time_to_first_token_s: float
+    peak_memory_mb: float
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def decode_rate(engine: Engine, prompt: list[int], n: int) -> float:
+    greedy = SamplingOptions(temperature=0)
+    engine.cached = []  # measure from a cold cache
+    for _ in engine.generate(prompt, n, greedy, stop_at_eot=False):
+        pass
+    return engine.stats.decode_tok_s
+
+
+@torch.inference_mode()
+def measure(model: GPT, runs: int = 3, new_tokens: int = 32, prefill_len: int = 512,
+            long_context: int = 800) -> BenchResult:
+    """Median of several runs of each measurement, on random token ids."""
+    device = model.transformer.wte.weight.device
+    window = model.config.n_positions
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (window,), generator=gen).tolist()
+    prefill_len = min(prefill_len, window - 1)
+    long_context = max(8, min(long_context, window - new_tokens - 1))
+    engine = Engine(model)
+    decode_rate(engine, ids[:8], 4)  # warm up
+
+    def timed(fn) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t0
+
+    prefill_s = statistics.median(timed(lambda: prefill(model, ids[:prefill_len], 0)) for _ in range(runs))
+    ttft = statistics.median(timed(lambda: next(iter(Engine(model).generate(ids[:8], 1, SamplingOptions(0)))))
+                             for _ in range(runs))
+    short = statistics.median(decode_rate(engine, ids[:8], new_tokens) for _ in range(runs))
+    long = statistics.median(decode_rate(engine, ids[:long_context], new_tokens) for _ in range(runs))
+    return BenchResult(prefill_len, prefill_len / prefill_s, short, long, long_context, ttft, peak_memory_mb(device))

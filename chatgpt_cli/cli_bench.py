@@ -1,0 +1,72 @@
+"""The `bench` command: speed and memory of a model, dtype and device (rendering only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from chatgpt_cli.cli import DeviceOpt, DtypeOpt, ModelOpt, app, guarded, load, write_out
+from chatgpt_cli.errors import UsageError
+
+
+@app.command()
+def bench(
+    model: ModelOpt = None,
+    random: Annotated[Optional[str], typer.Option(help=(
+        "Benchmark random weights of a GPT-2 size instead: gpt2, gpt2-medium, gpt2-large or gpt2-xl."))] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    runs: Annotated[int, typer.Option(help="Runs of each measurement (the median is shown).")] = 3,
+    tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
+    prefill_len: Annotated[int, typer.Option("--prefill", help="Prompt length for the prefill measurement.")] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Measure prefill and decode speed, time to first token, load time and peak memory."""
+    with guarded():
+        if runs < 1 or tokens < 1 or prefill_len < 1:
+            raise UsageError("--runs, --tokens and --prefill must be >= 1")
+        import torch
+
+        from chatgpt_cli.bench import GPT2_SHAPES, measure, random_model
+        from chatgpt_cli.weights import DTYPES, resolve_device
+
+        t0 = time.perf_counter()
+        if random is not None:
+            if random not in GPT2_SHAPES:
+                raise UsageError(f"--random {random!r}: choose {', '.join(GPT2_SHAPES)}")
+            if dtype not in DTYPES and dtype != "auto":
+                raise UsageError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+            dev = resolve_device(device)
+            net = random_model(random, DTYPES.get(dtype, torch.float32), dev)
+            name, what = f"random {random}", "random weights (no load)"
+        else:
+            loaded = load(model, dtype, device, verbose=False)
+            net, dev = loaded.model, loaded.device
+            name, what = ", ".join(map(str, loaded.files)), "load"
+        load_s = time.perf_counter() - t0
+        result = measure(net, runs=runs, new_tokens=tokens, prefill_len=prefill_len)
+        dt = str(net.transformer.wte.weight.dtype).removeprefix("torch.")
+        info = {"model": name, "dtype": dt, "device": str(dev), "threads": torch.get_num_threads(),
+                "load_s": round(load_s, 3), **result.as_dict()}
+        if as_json:
+            write_out(json.dumps(info) + "\n")
+            return
+        from rich.table import Table
+
+        from chatgpt_cli.cli_inspect import console
+
+        table = Table(title=f"{name} · {dt} · {dev} · {info['threads']} threads · median of {runs}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        rows = [(f"{what} time", f"{load_s:.2f} s"),
+                (f"prefill ({result.prefill_tokens} tokens)", f"{result.prefill_tok_s:.1f} tok/s"),
+                ("decode after 8 tokens", f"{result.decode_tok_s_short:.1f} tok/s"),
+                (f"decode after {result.long_context} tokens", f"{result.decode_tok_s_long:.1f} tok/s"),
+                ("time to first token (8-token prompt)", f"{result.time_to_first_token_s * 1000:.1f} ms"),
+                ("peak memory", f"{result.peak_memory_mb:.0f} MB")]
+        for row in rows:
+            table.add_row(*row)
+        console().print(table)
