@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -309,6 +310,7 @@ def chat(
     top_k: TopKOpt = 40,
     top_p: TopPOpt = 0.95,
     seed: SeedOpt = None,
+    stop: StopOpt = None,
     show_probs: ShowProbsOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -322,6 +324,8 @@ def chat(
 
         settings = Settings(temperature, top_k, top_p, max_tokens, seed)
         tmpl = load_template(template)
+        if stop:  # extra stop strings, beside the template's own
+            tmpl = replace(tmpl, stop=tmpl.stop + tuple(s for s in stop if s))
         loaded = load(model, dtype, device, verbose)
         from chatgpt_cli.generate import Engine
         from chatgpt_cli.repl import PlainOutput, run_piped, run_terminal

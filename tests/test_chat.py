@@ -233,3 +233,36 @@ def test_colour_only_without_no_color(tiny_dir, no_color):
     assert child.exitstatus == 0
     rich_styles = ("\x1b[2m", "\x1b[1;36m")  # the dim footer, the bold cyan label
     assert any(s in output for s in rich_styles) != no_color
+
+
+def test_multi_line_input_and_history_on_a_terminal(tiny_dir, tmp_path):
+    data = tmp_path / "data"
+    child = spawn_chat(tiny_dir, "-n", "2", "--show-prompt", env={"XDG_DATA_HOME": str(data), "NO_COLOR": "1"})
+    child.expect(">")
+    child.sendline('"""')
+    child.sendline("first line")
+    child.sendline("second line")
+    child.sendline('"""')
+    child.expect(r"User: first line\r?\nsecond line")
+    child.expect("tok/s")
+    child.expect(">")
+    child.sendline("one \\")
+    child.sendline("two")
+    child.expect(r"User: one \r?\ntwo")
+    child.expect("tok/s")
+    child.expect(">")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    history = (data / "chatgpt-cli" / "history").read_text()
+    assert "first line" in history and "/exit" in history
+
+
+def test_extra_stop_strings_in_chat():
+    chat = Chat(ScriptedEngine([" yes. STOP here"]), load_template("default"))
+    from dataclasses import replace
+
+    chat.template = replace(chat.template, stop=chat.template.stop + ("STOP",))
+    out, _ = piped(chat, "go\n")
+    assert out == "yes.\n"
