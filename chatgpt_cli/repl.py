@@ -20,19 +20,24 @@ class PlainOutput:
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out, self.err = out, err
         self._started = False
+        self._space = ""  # trailing whitespace, held until more text follows it
 
     def _write(self, stream: TextIO, text: str) -> None:
         stream.write(text)
         stream.flush()
 
     def reply_text(self, text: str) -> None:
+        """Print the reply as it streams, without its leading and trailing whitespace."""
         if not self._started:  # the reply's first token usually starts with a space
             text = text.lstrip()
             self._started = bool(text)
-        self._write(self.out, text)
+        text = self._space + text
+        body = text.rstrip()
+        self._space = text[len(body):]
+        self._write(self.out, body)
 
     def reply_end(self, footer: str, cut_short: bool) -> None:
-        self._started = False
+        self._started, self._space = False, ""
         self._write(self.out, "\n")
         if cut_short:
             self._write(self.err, "(cut short)\n")
