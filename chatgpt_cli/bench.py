@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from chatgpt_cli.fastpath import pack_for_cpu
 from chatgpt_cli.generate import Engine, prefill
 from chatgpt_cli.model import GPT, GPTConfig
 from chatgpt_cli.sampling import SamplingOptions
@@ -32,7 +33,9 @@ def random_model(name: str, dtype: torch.dtype = torch.float32, device: str | to
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=gen) if p.dim() == 2 else p.fill_(1.0)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    pack_for_cpu(model)
+    return model
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,7 @@ class GPT(nn.Module):
         ))
         # The unembedding: tied to wte unless a checkpoint brings its own lm_head.weight (out, in).
         self.lm_head = None if tied else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.packed_head: nn.Module | None = None  # the same matrix in a faster layout (fastpath.py)
 
     def setup_cache(self, max_len: int | None = None, batch: int = 1) -> None:
         """Give every layer a preallocated KV cache (None removes them)."""
@@ -178,6 +179,8 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.transformer.ln_f(x)
+        if self.packed_head is not None:
+            return self.packed_head(x)  # (B, T, vocab)
         return F.linear(x, self.unembedding())  # (B, T, vocab)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from chatgpt_cli.errors import UsageError, WeightsError
+from chatgpt_cli.fastpath import pack_for_cpu
 from chatgpt_cli.model import GPT, GPTConfig
 
 MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; anything bigger is not a real file
@@ -255,8 +256,11 @@ def fast_layout(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load GPT-2 weights from a safetensors file or a Hugging Face style directory."""
+def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
+    """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
+
+    ``fast`` lets bfloat16 weights on the CPU take oneDNN's packed layout (fastpath.py).
+    """
     path = Path(path).expanduser()
     files, config_json = find_files(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -284,6 +288,8 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> L
     state = {k: fast_layout(k, t.to(device=dev, dtype=target)) for k, t in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
+    if fast:
+        pack_for_cpu(model)
     n_params = sum(t.numel() for t in tensors.values())
     return LoadedModel(model, config, tuple(files), target, dev, n_params)
 

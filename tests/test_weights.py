@@ -144,10 +144,18 @@ def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir)
 
 
 def test_16_bit_weights_get_the_fast_layout_and_the_same_logits(tiny_dir):
+    from chatgpt_cli.fastpath import PackedLinear, can_pack
+
     full = load_model(tiny_dir, dtype="float32").model
-    half = load_model(tiny_dir, dtype="bfloat16").model
+    half = load_model(tiny_dir, dtype="float16").model
     w = half.transformer.h[0].mlp.c_fc.weight
     assert w.shape == full.transformer.h[0].mlp.c_fc.weight.shape and w.stride() == (1, w.shape[0])
+    brain = load_model(tiny_dir, dtype="bfloat16").model
+    if can_pack(brain) or brain.packed_head is not None:
+        assert isinstance(brain.transformer.h[0].mlp.c_fc, PackedLinear) and brain.packed_head is not None
+    plain = load_model(tiny_dir, dtype="bfloat16", fast=False).model
     idx = torch.randint(0, 50257, (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(half(idx).float(), full(idx), atol=0.05, rtol=0.05)
+        for model in (half, brain, plain):
+            torch.testing.assert_close(model(idx).float(), full(idx), atol=0.05, rtol=0.05)
+        torch.testing.assert_close(brain(idx), plain(idx), atol=0.02, rtol=0.02)

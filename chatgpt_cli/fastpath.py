@@ -1,0 +1,53 @@
+"""Faster CPU matrix products for bfloat16 weights: oneDNN's packed weight layout.
+
+Generating a token multiplies a single vector by every weight matrix, so decode speed is set by
+how fast those products stream the weights from memory. For bfloat16 on the CPU, oneDNN's
+prepacked layout (the one torch.compile uses when it freezes weights) runs them about 1.5x
+faster than the stock kernel. ``pack_for_cpu`` swaps each linear layer of a loaded model for a
+``PackedLinear`` holding that layout; the math is unchanged (y = x W + b).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chatgpt_cli.model import GPT
+
+
+class PackedLinear(nn.Module):
+    """y = x @ W^T + b with W (out, in) kept in oneDNN's packed layout."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed, self.bias, "none", [], "")
+        return y.view(x.shape[:-1] + (self.out_features,))
+
+
+def can_pack(model: GPT) -> bool:
+    w = model.transformer.wte.weight
+    return (w.device.type == "cpu" and w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pack_for_cpu(model: GPT) -> bool:
+    """Pack a bfloat16 CPU model's weights in place; False (and nothing changed) where unsupported."""
+    if not can_pack(model):
+        return False
+    try:
+        layers = [(block.attn, "c_attn") for block in model.transformer.h] + \
+                 [(block.attn, "c_proj") for block in model.transformer.h] + \
+                 [(block.mlp, name) for block in model.transformer.h for name in ("c_fc", "c_proj")]
+        packed = [PackedLinear(getattr(parent, name).weight.t(), getattr(parent, name).bias) for parent, name in layers]
+        head = PackedLinear(model.unembedding(), None)  # the unembedding too: a third of GPT-2 small's bytes
+    except RuntimeError:  # this build of oneDNN cannot pack: keep the stock kernels
+        return False
+    for (parent, name), module in zip(layers, packed, strict=True):
+        setattr(parent, name, module)
+    model.packed_head = head
+    return True
