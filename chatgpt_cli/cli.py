@@ -12,7 +12,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -297,54 +296,5 @@ def main() -> None:
         sys.exit(130)
 
 
-
-@app.command()
-def chat(
-    model: ModelOpt = None,
-    template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
-    system: Annotated[Optional[str], typer.Option(help="Replace the template's system prompt.")] = None,
-    show_prompt: Annotated[bool, typer.Option("--show-prompt", help=(
-        "Print the exact text the model sees (and its token count) before each reply."))] = False,
-    max_tokens: MaxTokensOpt = 120,
-    temperature: TemperatureOpt = 0.7,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    show_probs: ShowProbsOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    verbose: VerboseOpt = False,
-) -> None:
-    """Chat with the model: interactive on a terminal; over a pipe, one turn per input line."""
-    handle_sigterm()
-    with guarded():
-        from chatgpt_cli.chat import Chat, Settings
-        from chatgpt_cli.template import load_template
-
-        settings = Settings(temperature, top_k, top_p, max_tokens, seed)
-        tmpl = load_template(template)
-        if stop:  # extra stop strings, beside the template's own
-            tmpl = replace(tmpl, stop=tmpl.stop + tuple(s for s in stop if s))
-        loaded = load(model, dtype, device, verbose)
-        from chatgpt_cli.generate import Engine
-        from chatgpt_cli.repl import PlainOutput, run_piped, run_terminal
-
-        session = Chat(Engine(loaded.model), tmpl, settings, system=system, show_prompt=show_prompt)
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            from rich.console import Console
-
-            banner = (f"chatgpt-cli chat · {loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0]} · "
-                      f"template {tmpl.name} · /help for commands · Ctrl-D to leave")
-            plain = bool(os.environ.get("NO_COLOR"))  # no colour, and no other styling either
-            if show_probs:
-                from chatgpt_cli.cli_inspect import StepRecorder
-
-                session.on_step = StepRecorder(0, temperature, top_k, top_p)
-            run_terminal(session, Console(color_system=None if plain else "auto"), banner)
-        else:
-            lines = (raw.decode("utf-8", errors="replace") for raw in sys.stdin.buffer)
-            run_piped(session, lines, PlainOutput(sys.stdout, sys.stderr))
-
-
-from chatgpt_cli import cli_bench, cli_inspect  # noqa: E402,F401  (register next, attention, score, bench)
+# The other commands live beside this file; importing them registers them on `app`.
+from chatgpt_cli import cli_bench, cli_chat, cli_inspect  # noqa: E402,F401
