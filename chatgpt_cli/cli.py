@@ -137,19 +137,14 @@ def prompt_text(prompt: str | None) -> str:
 
 
 def has_stdin_data() -> bool:
-    """True when stdin is a pipe or file with something to read (not an idle inherited pipe)."""
-    import select
+    """True when stdin is a pipe or a file (read to its end), not a terminal, /dev/null or a socket."""
     import stat
 
     try:
         mode = os.fstat(sys.stdin.fileno()).st_mode
     except (OSError, ValueError):
         return False
-    if stat.S_ISREG(mode):
-        return True
-    if not stat.S_ISFIFO(mode):
-        return False
-    return bool(select.select([sys.stdin], [], [], 0.05)[0])
+    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode)
 
 
 def write_out(text: str) -> None:
