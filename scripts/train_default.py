@@ -69,9 +69,16 @@ def render_dialogue(block: str, template) -> str | None:
 
 def build_data(corpus: Path, seed: int) -> tuple[list[str], list[str]]:
     """(train documents, validation dialogues), the same on every run."""
+    train, val = build_split(corpus, seed)
+    return train, [doc for _, doc in val]
+
+
+def build_split(corpus: Path, seed: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """(train documents, (source, validation dialogue) pairs)."""
     template = load_template("default")
     rng = random.Random(seed)
-    train, val = [], []
+    train: list[str] = []
+    val: list[tuple[str, str]] = []
     for folder, pattern, kind, keep in SOURCES:
         for path in sorted((corpus / folder).glob(pattern)):
             blocks = read_blocks(path)
@@ -88,12 +95,12 @@ def build_data(corpus: Path, seed: int) -> tuple[list[str], list[str]]:
                 if doc is None:
                     continue
                 if kind == "dialogue" and i % VAL_EVERY == 0:
-                    val.append(doc)
+                    val.append((folder, doc))
                 elif rng.random() < keep:
                     train.append(doc)
     rng.shuffle(train)
     seen = set(train)  # the corpus repeats a few conversations verbatim: keep those out of validation
-    return train, [doc for doc in val if doc not in seen]
+    return train, [(source, doc) for source, doc in val if doc not in seen]
 
 
 def to_stream(docs: list[str], tok: Tokenizer) -> torch.Tensor:
@@ -160,8 +167,16 @@ def main() -> None:
         model = load_model(args.out, dtype="float32").model
         full = evaluate(model, val, model.config.n_positions, max_windows=10_000)
         print(f"val_loss {full:.4f} nats/token over the whole validation split ({len(val):,} tokens)")
+        by_source = {}
+        pairs = build_split(args.corpus, args.seed)[1]
+        for source in dict.fromkeys(s for s, _ in pairs):
+            docs = [d for s, d in pairs if s == source]
+            stream = to_stream(docs, tok)
+            by_source[source] = {"val_loss": round(evaluate(model, stream, model.config.n_positions, 10_000), 4),
+                                 "tokens": len(stream), "dialogues": len(docs)}
+            print(f"  {source}: {by_source[source]}")
         meta = json.loads((args.out / "training.json").read_text())
-        meta |= {"val_loss_full_split": round(full, 4), "val_tokens": len(val)}
+        meta |= {"val_loss_full_split": round(full, 4), "val_tokens": len(val), "val_by_source": by_source}
         (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
         return
 
