@@ -88,6 +88,7 @@ class Chat:
         if self.system is None:
             self.system = self.template.system
         self.generator = make_generator(self.settings.seed)
+        self.first_in_window = 0  # exchanges before this one no longer fit the window (but are kept)
 
     # --- the transcript -------------------------------------------------------------------
     def history(self, turns: list[Turn]) -> list[str]:
@@ -108,16 +109,16 @@ class Chat:
     def fit(self, message: str, out: Output) -> list[int]:
         """Tokens for the next reply, dropping the oldest whole turns when the window is too small."""
         room = self.engine.window - min(self.settings.max_tokens, self.engine.window // 2)
-        dropped = 0
+        start = self.first_in_window = min(self.first_in_window, len(self.turns))
         while True:
-            ids = self.encode(self.transcript(self.turns[dropped:], message))
-            if len(ids) <= room or dropped == len(self.turns):
+            ids = self.encode(self.transcript(self.turns[start:], message))
+            if len(ids) <= room or start == len(self.turns):
                 break
-            dropped += 1
-        if dropped:
-            self.turns = self.turns[dropped:]
-            out.info(f"(the conversation outgrew the {self.engine.window}-token window: "
-                     f"dropped the oldest {dropped} exchange(s), kept the system prompt)")
+            start += 1
+        if start > self.first_in_window:
+            out.info(f"(the conversation outgrew the {self.engine.window}-token window: the model no longer sees "
+                     f"the oldest {start} exchange(s); the system prompt is kept, and /save keeps them all)")
+            self.first_in_window = start
         if len(ids) > room:  # one message longer than the window: keep the system prompt and its end
             head = self.encode([self.template.render_system(self.system)])
             tail = self.encode(self.transcript([], message)[1:])
@@ -174,13 +175,13 @@ class Chat:
         out.info(HELP)
 
     def cmd_reset(self, arg: str, out: Output) -> None:
-        self.turns = []
+        self.turns, self.first_in_window = [], 0
         out.info("(conversation cleared)")
 
     def cmd_system(self, arg: str, out: Output) -> None:
         if not arg:
             raise UsageError(f"usage: /system TEXT (now: {self.system!r})")
-        self.system, self.turns = arg, []
+        self.system, self.turns, self.first_in_window = arg, [], 0
         out.info("(system prompt replaced; conversation cleared)")
 
     def cmd_set(self, arg: str, out: Output) -> None:
@@ -199,12 +200,13 @@ class Chat:
 
     def cmd_show(self, arg: str, out: Output) -> None:
         s = self.settings
-        used = len(self.encode(self.history(self.turns)))
+        used = len(self.encode(self.history(self.turns[self.first_in_window:])))
         out.info(f"template: {self.template.name} ({self.template.description})\n"
                  f"system: {self.system}\n"
                  f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, "
                  f"max_tokens {s.max_tokens}, seed {s.seed}\n"
-                 f"exchanges: {len(self.turns)}; context used: {used}/{self.engine.window} tokens")
+                 f"exchanges: {len(self.turns)} ({len(self.turns) - self.first_in_window} in the window); "
+                 f"context used: {used}/{self.engine.window} tokens")
 
     def cmd_retry(self, arg: str, out: Output) -> None:
         if not self.turns:
@@ -248,6 +250,7 @@ class Chat:
             raise ChatGPTCliError(f"not a chatgpt-cli chat file ({type(e).__name__}: {e})"
                                   if str(e) else "not a chatgpt-cli chat file") from None
         self.template, self.system, self.settings, self.turns = template, data["system"], settings, turns
+        self.first_in_window = 0
         self.generator = make_generator(settings.seed)
 
 
