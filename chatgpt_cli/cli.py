@@ -257,8 +257,11 @@ def tokenize(
         if verbose:
             for i in ids:
                 piece = tok.token_bytes(i)
-                shown = piece.decode("utf-8", errors="backslashreplace")
-                write_out(f"{i:>6}  {shown!r}\n")
+                try:
+                    shown = repr(piece.decode("utf-8"))
+                except UnicodeDecodeError:  # part of a character: show the bytes
+                    shown = repr(piece)
+                write_out(f"{i:>6}  {shown}\n")
 
 
 @app.command()
