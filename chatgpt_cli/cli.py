@@ -205,7 +205,7 @@ def run_completion(loaded: LoadedModel, text: str, max_tokens: int, temperature:
     stream = TextStream(tok, stop)
     recorder, painter = None, None
     if show_probs or alternatives:
-        from chatgpt_cli.cli_inspect import StepRecorder, console
+        from chatgpt_cli.cli_inspect import StepRecorder, console, prob_style
 
         recorder = StepRecorder(alternatives, temperature, top_k, top_p)
         painter = console() if show_probs and sys.stdout.isatty() else None
@@ -219,8 +219,6 @@ def run_completion(loaded: LoadedModel, text: str, max_tokens: int, temperature:
                 break
             piece = stream.push(token)
             if painter is not None:
-                from chatgpt_cli.cli_inspect import prob_style
-
                 painter.print(piece, style=prob_style(recorder.last_prob), end="", markup=False)
                 sys.stdout.flush()
             else:

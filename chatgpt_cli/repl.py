@@ -55,6 +55,10 @@ class TerminalOutput:
     def __init__(self, console: Console, label: str, colour_by=None) -> None:
         self.console, self.label, self.colour_by = console, label, colour_by
         self._started = False
+        if colour_by is not None:
+            from chatgpt_cli.cli_inspect import prob_style
+
+            self.prob_style = prob_style
 
     def reply_text(self, text: str) -> None:
         if not self._started:
@@ -62,9 +66,8 @@ class TerminalOutput:
             self._started = True
         recorder = self.colour_by
         if recorder is not None and recorder.steps:
-            from chatgpt_cli.cli_inspect import prob_style
-
-            self.console.print(text, style=prob_style(recorder.last_prob), end="", markup=False, highlight=False)
+            self.console.print(text, style=self.prob_style(recorder.last_prob), end="", markup=False,
+                               highlight=False)
         else:
             sys.stdout.write(text)
         sys.stdout.flush()
@@ -85,17 +88,21 @@ class TerminalOutput:
         self.console.print(f"error: {text}", style="red", markup=False, highlight=False)
 
 
+def handle(chat: Chat, message: str, out) -> bool:
+    """One input: blank is skipped, a /command runs, anything else is a user turn. False: leave."""
+    if not message.strip():
+        return True
+    if message.startswith("/"):
+        return chat.command(message, out)
+    chat.say(message, out)
+    return True
+
+
 def run_piped(chat: Chat, lines: TextIO, out: PlainOutput) -> None:
     """Each non-empty input line is one user turn (or a /command)."""
     for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            if not chat.command(line, out):
-                return
-            continue
-        chat.say(line, out)
+        if not handle(chat, raw.rstrip("\r\n"), out):
+            return
 
 
 def history_file() -> Path:
@@ -167,13 +174,8 @@ def run_terminal(chat: Chat, console: Console, banner: str) -> None:
         except EOFError:
             break
         interrupts = 0
-        if not message.strip():
-            continue
-        if message.startswith("/"):
-            if not chat.command(message, out):
-                break
-            continue
         try:
-            chat.say(message, out)
+            if not handle(chat, message, out):
+                break
         except KeyboardInterrupt:
             out.reply_end("", cut_short=True)
