@@ -46,7 +46,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 # Options shared by the commands that run a model.
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     f"A .safetensors file or a model directory. Default: ${ENV_MODEL}, else the bundled model."))]
-DtypeOpt = Annotated[str, typer.Option(help="auto (as stored), float32, bfloat16 or float16.")]
+DtypeOpt = Annotated[str, typer.Option(help=(
+    "auto (as stored), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 activations)."))]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]
@@ -115,7 +116,7 @@ def load(model: str | None, dtype: str, device: str, verbose: bool) -> LoadedMod
         err(f"warning: {w.message}")
     if verbose:
         err(f"loaded {', '.join(map(str, loaded.files))} ({loaded.n_params:,} parameters, "
-            f"{str(loaded.dtype).removeprefix('torch.')}, {loaded.device}) in {time.perf_counter() - t0:.2f}s")
+            f"{loaded.precision}, {loaded.device}) in {time.perf_counter() - t0:.2f}s")
     return loaded
 
 
@@ -275,7 +276,7 @@ def info(model: ModelOpt = None, dtype: DtypeOpt = "auto", device: DeviceOpt = "
                 ("context window (n_positions)", str(c.n_positions)), ("vocabulary (vocab_size)", str(c.vocab_size)),
                 ("layer_norm_epsilon", str(c.layer_norm_epsilon)),
                 ("unembedding", "tied to wte" if loaded.model.lm_head is None else "own lm_head.weight"),
-                ("dtype", str(loaded.dtype).removeprefix("torch.")), ("device", str(loaded.device))]
+                ("dtype", loaded.precision), ("device", str(loaded.device))]
         width = max(len(k) for k, _ in rows)
         write_out("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
 

@@ -31,24 +31,28 @@ def bench(
         import torch
 
         from chatgpt_cli.bench import GPT2_SHAPES, measure, random_model
-        from chatgpt_cli.weights import DTYPES, resolve_device
+        from chatgpt_cli.quantize import quantize_model
+        from chatgpt_cli.weights import DTYPE_CHOICES, DTYPES, resolve_device
 
         t0 = time.perf_counter()
         if random is not None:
             if random not in GPT2_SHAPES:
                 raise UsageError(f"--random {random!r}: choose {', '.join(GPT2_SHAPES)}")
-            if dtype not in DTYPES and dtype != "auto":
-                raise UsageError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+            if dtype not in DTYPES and dtype not in ("auto", "int8"):
+                raise UsageError(f"--dtype {dtype!r}: choose {DTYPE_CHOICES}")
             dev = resolve_device(device)
             net = random_model(random, DTYPES.get(dtype, torch.float32), dev)
+            if dtype == "int8":
+                quantize_model(net)
             name, what = f"random {random}", "random weights (no load)"
+            dt = str(net.transformer.wte.weight.dtype).removeprefix("torch.")
+            dt = f"int8 ({dt} activations)" if dtype == "int8" else dt
         else:
             loaded = load(model, dtype, device, verbose=False)
-            net, dev = loaded.model, loaded.device
+            net, dev, dt = loaded.model, loaded.device, loaded.precision
             name, what = ", ".join(map(str, loaded.files)), "load"
         load_s = time.perf_counter() - t0
         result = measure(net, runs=runs, new_tokens=tokens, prefill_len=prefill_len)
-        dt = str(net.transformer.wte.weight.dtype).removeprefix("torch.")
         info = {"model": name, "dtype": dt, "device": str(dev), "threads": torch.get_num_threads(),
                 "load_s": round(load_s, 3), **result.as_dict()}
         if as_json:

@@ -40,9 +40,7 @@ def pack_for_cpu(model: GPT) -> bool:
     if not can_pack(model):
         return False
     try:
-        layers = [(block.attn, "c_attn") for block in model.transformer.h] + \
-                 [(block.attn, "c_proj") for block in model.transformer.h] + \
-                 [(block.mlp, name) for block in model.transformer.h for name in ("c_fc", "c_proj")]
+        layers = model.linear_layers()
         packed = [PackedLinear(getattr(parent, name).weight.t(), getattr(parent, name).bias) for parent, name in layers]
         head = PackedLinear(model.unembedding(), None)  # the unembedding too: a third of GPT-2 small's bytes
     except RuntimeError:  # this build of oneDNN cannot pack: keep the stock kernels

@@ -159,6 +159,12 @@ class GPT(nn.Module):
             block.attn.kv_cache = None if max_len is None else KVCache(
                 batch, c.n_head, max_len, c.head_dim, w.dtype, w.device)
 
+    def linear_layers(self) -> list[tuple[nn.Module, str]]:
+        """(parent, attribute) of every matrix product in the blocks, for swapping in faster kernels."""
+        return [(parent, name) for block in self.transformer.h
+                for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
+                                     (block.mlp, "c_proj"))]
+
     def unembedding(self) -> torch.Tensor:
         """The (vocab_size, n_embd) matrix that maps a hidden state to one logit per token."""
         return self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight

@@ -20,12 +20,15 @@ import torch
 from chatgpt_cli.errors import UsageError, WeightsError
 from chatgpt_cli.fastpath import pack_for_cpu
 from chatgpt_cli.model import GPT, GPTConfig
+from chatgpt_cli.quantize import COMPUTE_DTYPE, quantize_model
 
 MAX_HEADER = 100 * 1024 * 1024  # a safetensors header is JSON; anything bigger is not a real file
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 OTHER_DTYPES = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "BOOL", "F8_E4M3", "F8_E5M2"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = "auto, float32, bfloat16, float16 or int8"
+LINEAR_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 CONVERT_HINT = ("only safetensors files are loaded (pickles are never opened); convert it on a trusted "
                 "machine, e.g. with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(OUT)")
 
@@ -35,9 +38,15 @@ class LoadedModel:
     model: GPT
     config: GPTConfig
     files: tuple[Path, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype  # what the model computes in
     device: torch.device
     n_params: int
+    int8: bool = False  # matrix weights stored as int8 (quantize.py)
+
+    @property
+    def precision(self) -> str:
+        name = str(self.dtype).removeprefix("torch.")
+        return f"int8 ({name} activations)" if self.int8 else name
 
 
 def find_files(path: Path) -> tuple[list[Path], dict | None]:
@@ -256,7 +265,7 @@ def fast_layout(name: str, t: torch.Tensor) -> torch.Tensor:
     is laid out as (out, in), which the 16-bit matrix-vector kernels read about 25% faster.
     """
     if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and t.dim() == 2 \
-            and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            and name.endswith(LINEAR_WEIGHTS):
         return t.t().contiguous().t()  # same shape, transposed memory
     return t
 
@@ -265,6 +274,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
 
     ``fast`` lets bfloat16 weights on the CPU take oneDNN's packed layout (fastpath.py).
+    ``dtype="int8"`` stores the matrix weights as int8 and computes in bfloat16 (quantize.py).
     """
     path = Path(path).expanduser()
     files, config_json = find_files(path)
@@ -282,21 +292,30 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
             warnings.warn(f"{k} in {path} contains NaN or infinite values", stacklevel=2)
     dev = resolve_device(device)
     stored = tensors["transformer.wte.weight"].dtype
-    if dtype != "auto" and dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
-    target = stored if dtype == "auto" else DTYPES[dtype]
+    int8 = dtype == "int8"
+    if dtype != "auto" and dtype not in DTYPES and not int8:
+        raise UsageError(f"--dtype {dtype!r}: choose {DTYPE_CHOICES}")
+    target = COMPUTE_DTYPE if int8 else stored if dtype == "auto" else DTYPES[dtype]
     if target == torch.float64:
         target = torch.float32
     tied = "lm_head.weight" not in tensors
     with torch.device("meta"):
         model = GPT(config, tied=tied)
-    state = {k: fast_layout(k, t.to(device=dev, dtype=target)) for k, t in tensors.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    model.eval().requires_grad_(False)
-    if fast:
-        pack_for_cpu(model)
     n_params = sum(t.numel() for t in tensors.values())
-    return LoadedModel(model, config, tuple(files), target, dev, n_params)
+    if int8:  # matrices stay as stored until quantized, a chunk of rows at a time
+        state = {k: t.to(dev) if k.endswith(LINEAR_WEIGHTS) else t.to(device=dev, dtype=target)
+                 for k, t in tensors.items()}
+    else:
+        state = {k: fast_layout(k, t.to(device=dev, dtype=target)) for k, t in tensors.items()}
+    del tensors
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    model.eval().requires_grad_(False)
+    if int8:
+        quantize_model(model)
+    elif fast:
+        pack_for_cpu(model)
+    return LoadedModel(model, config, tuple(files), target, dev, n_params, int8)
 
 
 def save_model(model: GPT, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
