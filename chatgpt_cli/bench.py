@@ -26,9 +26,7 @@ GPT2_SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large
 def random_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT:
     """A GPT-2 of that size with random weights (for measuring speed without a download)."""
     n_layer, n_head, n_embd = GPT2_SHAPES[name]
-    with torch.device("meta"):
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
-    model = model.to_empty(device=device).to(dtype)
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

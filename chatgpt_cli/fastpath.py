@@ -29,23 +29,22 @@ class PackedLinear(nn.Module):
         return y.view(x.shape[:-1] + (self.out_features,))
 
 
-def can_pack(model: GPT) -> bool:
-    w = model.transformer.wte.weight
-    return (w.device.type == "cpu" and w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether weights of this dtype on this device can take the packed layout."""
+    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack_for_cpu(model: GPT) -> bool:
-    """Pack a bfloat16 CPU model's weights in place; False (and nothing changed) where unsupported."""
-    if not can_pack(model):
+    """Pack a bfloat16 CPU model's weights in place, a layer at a time; False where unsupported."""
+    w = model.transformer.wte.weight
+    if not can_pack(w.dtype, w.device):
         return False
     try:
-        layers = model.linear_layers()
-        packed = [PackedLinear(getattr(parent, name).weight.t(), getattr(parent, name).bias) for parent, name in layers]
-        head = PackedLinear(model.unembedding(), None)  # the unembedding too: a third of GPT-2 small's bytes
+        model.packed_head = PackedLinear(model.unembedding(), None)  # a third of GPT-2 small's bytes
     except RuntimeError:  # this build of oneDNN cannot pack: keep the stock kernels
         return False
-    for (parent, name), module in zip(layers, packed, strict=True):
-        setattr(parent, name, module)
-    model.packed_head = head
+    for parent, name in model.linear_layers():  # one at a time: the unpacked copy goes before the next
+        conv = getattr(parent, name)
+        setattr(parent, name, PackedLinear(conv.weight.t(), conv.bias))
     return True

@@ -49,6 +49,14 @@ class Conv1D(nn.Module):
         return y.view(shape)
 
 
+class Unembedding(nn.Module):
+    """A checkpoint's own lm_head.weight (vocab_size, n_embd), when it is not tied to wte."""
+
+    def __init__(self, vocab_size: int, n_embd: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, n_embd))
+
+
 class KVCache(nn.Module):
     """Preallocated keys and values of every position seen so far, for one layer."""
 
@@ -56,14 +64,16 @@ class KVCache(nn.Module):
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         shape = (batch, n_head, max_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Uninitialised: only positions already written are ever read, and memory pages that are
+        # never written are never made resident (a short chat does not pay for the whole window).
+        self.register_buffer("k_cache", torch.empty(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.empty(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end."""
         end = int(input_pos[-1]) + 1
-        self.k_cache[:, :, input_pos] = k
-        self.v_cache[:, :, input_pos] = v
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(2, input_pos, v)
         return self.k_cache[:, :, :end], self.v_cache[:, :, :end]  # (B, nh, end, hs)
 
 
@@ -142,14 +152,16 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig, tied: bool = True) -> None:
         super().__init__()
         self.config = config
+        # Parameters start uninitialised (torch.empty: no time spent, no memory touched): they are
+        # loaded from a checkpoint or set by init_weights.
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.n_positions, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)),
+            wpe=nn.Embedding(config.n_positions, config.n_embd, _weight=torch.empty(config.n_positions, config.n_embd)),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
         ))
         # The unembedding: tied to wte unless a checkpoint brings its own lm_head.weight (out, in).
-        self.lm_head = None if tied else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = None if tied else Unembedding(config.vocab_size, config.n_embd)
         self.packed_head: nn.Module | None = None  # the same matrix in a faster layout (fastpath.py)
 
     def setup_cache(self, max_len: int | None = None, batch: int = 1) -> None:

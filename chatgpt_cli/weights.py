@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from chatgpt_cli.errors import UsageError, WeightsError
-from chatgpt_cli.fastpath import pack_for_cpu
+from chatgpt_cli.fastpath import can_pack, pack_for_cpu
 from chatgpt_cli.model import GPT, GPTConfig
 from chatgpt_cli.quantize import COMPUTE_DTYPE, quantize_model
 
@@ -99,8 +99,8 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Memory-map one safetensors file: (tensors by name, metadata). Every offset is checked."""
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], mmap.mmap | None]:
+    """Memory-map one safetensors file: (tensors by name, metadata, the map). Every offset is checked."""
     try:
         f = path.open("rb")
     except OSError as e:
@@ -125,7 +125,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     data_size = size - 8 - n
     for name, info in header.items():
         tensors[name] = tensor_from(path, name, info, mm, 8 + n, data_size)
-    return tensors, {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return tensors, ({str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}), mm
 
 
 def tensor_from(path: Path, name: str, info: object, mm: mmap.mmap | None, base: int, data_size: int) -> torch.Tensor:
@@ -270,6 +270,17 @@ def fast_layout(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def release(maps: list[mmap.mmap]) -> None:
+    """Let the file's pages go once the weights have been copied out of them (converted or packed).
+
+    What still points into the map (an embedding kept as stored) is read back from the file on
+    demand, so only the rows that are looked up come back into memory.
+    """
+    for mm in maps:
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
 def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
     """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
 
@@ -280,9 +291,11 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     files, config_json = find_files(path)
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, str] = {}
+    maps: list[mmap.mmap] = []
     for file in files:
         refuse_pickle(file)
-        part, meta = read_safetensors(file)
+        part, meta, mm = read_safetensors(file)
+        maps += [mm] if mm is not None else []
         metadata |= meta
         tensors |= normalize_keys(part)
     config = config_from(tensors, config_json, metadata, path)
@@ -299,22 +312,26 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     if target == torch.float64:
         target = torch.float32
     tied = "lm_head.weight" not in tensors
-    with torch.device("meta"):
-        model = GPT(config, tied=tied)
+    model = GPT(config, tied=tied)  # uninitialised parameters, replaced below without a copy
     n_params = sum(t.numel() for t in tensors.values())
     if int8:  # matrices stay as stored until quantized, a chunk of rows at a time
         state = {k: t.to(dev) if k.endswith(LINEAR_WEIGHTS) else t.to(device=dev, dtype=target)
                  for k, t in tensors.items()}
+    elif fast and can_pack(target, dev):  # packed a layer at a time after loading
+        state = {k: t.to(device=dev, dtype=target) for k, t in tensors.items()}
     else:
         state = {k: fast_layout(k, t.to(device=dev, dtype=target)) for k, t in tensors.items()}
     del tensors
     model.load_state_dict(state, strict=True, assign=True)
     del state
     model.eval().requires_grad_(False)
+    copied = int8 or target != stored or dev.type != "cpu"
     if int8:
         quantize_model(model)
     elif fast:
-        pack_for_cpu(model)
+        copied = pack_for_cpu(model) or copied
+    if copied:
+        release(maps)
     return LoadedModel(model, config, tuple(files), target, dev, n_params, int8)
 
 
