@@ -3,8 +3,8 @@
     python benchmarks/bench_vs_transformers.py [--size gpt2] [--tokens 48] [--runs 3]
 
 Prints decode tok/s (after an 8-token and an 800-token prompt) and 512-token prefill tok/s for
-both engines at float32 and bfloat16 (and ours at float16), with the ratios the performance
-issue asks about. Random weights (seeded): speed does not depend on the values. Not a test.
+both engines at float32 and bfloat16 (and ours at float16 and int8), with the ratios the
+performance issue asks about. Random weights (seeded): speed does not depend on the values. Not a test.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
                 statistics.median(hf_prefill_rate(ref, ids[:512], True) for _ in range(args.runs)))
             print(f"{'transformers ' + dtype:24s} done", flush=True)
         del hf, ref
-        for dtype in ("float32", "bfloat16", "float16"):
+        for dtype in ("float32", "bfloat16", "float16", "int8"):
             model = load_model(tmp, dtype=dtype, device="cpu").model
             r = measure(model, runs=args.runs, new_tokens=args.tokens)
             rows[f"chatgpt-cli {dtype}"] = (r.decode_tok_s_short, r.decode_tok_s_long, r.prefill_tok_s, None)

@@ -43,7 +43,7 @@ def test_chunked_rows_equal_one_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("n_in", [64, 40])  # 64: torch's int8 kernel; 40: the widening fallback
-@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("rows", [1, 7, 40])  # 40: a prefill, past the kernel's best size
 def test_int8_linear_is_the_dequantized_product(n_in, rows):
     torch.manual_seed(1)
     w, b = torch.randn(24, n_in), torch.randn(24)
