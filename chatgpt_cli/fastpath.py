@@ -18,15 +18,30 @@ from chatgpt_cli.model import GPT
 class PackedLinear(nn.Module):
     """y = x @ W^T + b with W (out, in) kept in oneDNN's packed layout."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__()
         self.out_features = weight.shape[0]
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
         self.bias = bias
+        # GPT-2's tanh GELU applied by the same kernel, on the output while it is still in cache
+        self.post_op, self.algorithm = ("gelu", "tanh") if gelu else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed, self.bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed, self.bias,
+                                               self.post_op, [], self.algorithm)
         return y.view(x.shape[:-1] + (self.out_features,))
+
+
+class PackedMLP(nn.Module):
+    """The MLP with both products packed and the GELU fused into the first: c_proj(gelu(c_fc(x)))."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.c_fc = PackedLinear(mlp.c_fc.weight.t(), mlp.c_fc.bias, gelu=True)
+        self.c_proj = PackedLinear(mlp.c_proj.weight.t(), mlp.c_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.c_fc(x))
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -44,7 +59,8 @@ def pack_for_cpu(model: GPT) -> bool:
         model.packed_head = PackedLinear(model.unembedding(), None)  # a third of GPT-2 small's bytes
     except RuntimeError:  # this build of oneDNN cannot pack: keep the stock kernels
         return False
-    for parent, name in model.linear_layers():  # one at a time: the unpacked copy goes before the next
-        conv = getattr(parent, name)
-        setattr(parent, name, PackedLinear(conv.weight.t(), conv.bias))
+    for block in model.transformer.h:  # a layer at a time: the unpacked copy goes before the next
+        block.attn.c_attn = PackedLinear(block.attn.c_attn.weight.t(), block.attn.c_attn.bias)
+        block.attn.c_proj = PackedLinear(block.attn.c_proj.weight.t(), block.attn.c_proj.bias)
+        block.mlp = PackedMLP(block.mlp)
     return True
