@@ -284,7 +284,7 @@ def release(maps: list[mmap.mmap]) -> None:
 def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
     """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
 
-    ``fast`` lets bfloat16 weights on the CPU take oneDNN's packed layout (fastpath.py).
+    ``fast`` lets 16-bit weights on the CPU take oneDNN's packed layout (fastpath.py).
     ``dtype="int8"`` stores the matrix weights as int8 and computes in bfloat16 (quantize.py).
     """
     path = Path(path).expanduser()

@@ -135,7 +135,7 @@ def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir)
     transformers = pytest.importorskip("transformers")
     model = load_model(tiny_dir, dtype="float32").model
     save_model(model, tmp_path / "out", dtype=torch.float16)
-    again = load_model(tmp_path / "out")
+    again = load_model(tmp_path / "out", fast=False)  # plain layers, so the model can be made float32
     assert again.dtype == torch.float16
     ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").float().eval()
     idx = torch.randint(0, 50257, (1, 16))
@@ -147,15 +147,17 @@ def test_16_bit_weights_get_the_fast_layout_and_the_same_logits(tiny_dir):
     from chatgpt_cli.fastpath import PackedLinear, can_pack
 
     full = load_model(tiny_dir, dtype="float32").model
-    half = load_model(tiny_dir, dtype="float16").model
-    w = half.transformer.h[0].mlp.c_fc.weight
+    unpacked_half = load_model(tiny_dir, dtype="float16", fast=False).model
+    w = unpacked_half.transformer.h[0].mlp.c_fc.weight
     assert w.shape == full.transformer.h[0].mlp.c_fc.weight.shape and w.stride() == (1, w.shape[0])
+    half = load_model(tiny_dir, dtype="float16").model
     brain = load_model(tiny_dir, dtype="bfloat16").model
-    if can_pack(torch.bfloat16, torch.device("cpu")) or brain.packed_head is not None:
-        assert isinstance(brain.transformer.h[0].mlp.c_fc, PackedLinear) and brain.packed_head is not None
+    for model, dtype in ((half, torch.float16), (brain, torch.bfloat16)):
+        if can_pack(dtype, torch.device("cpu")) or model.packed_head is not None:
+            assert isinstance(model.transformer.h[0].mlp.c_fc, PackedLinear) and model.packed_head is not None
     plain = load_model(tiny_dir, dtype="bfloat16", fast=False).model
     idx = torch.randint(0, 50257, (1, 12))
     with torch.no_grad():
-        for model in (half, brain, plain):
+        for model in (half, unpacked_half, brain, plain):
             torch.testing.assert_close(model(idx).float(), full(idx), atol=0.05, rtol=0.05)
         torch.testing.assert_close(brain(idx), plain(idx), atol=0.02, rtol=0.02)
