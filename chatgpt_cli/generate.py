@@ -7,12 +7,14 @@ a chat, a retry) runs only the tokens that are new.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
 from chatgpt_cli.model import GPT
 from chatgpt_cli.sampling import SamplingOptions, make_generator, sample
 from chatgpt_cli.tokenizer import EOT
@@ -58,7 +60,11 @@ class Engine:
     total_tokens_run: int = 0
 
     def __post_init__(self) -> None:
-        self.model.setup_cache(self.window)
+        graph = wants_graph(self.model)  # on a CUDA GPU, decode replays a CUDA graph
+        self.model.setup_cache(self.window, static=graph)
+        self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
+        self.decode: Callable[[int, int], torch.Tensor] = (
+            GraphDecoder(self.model) if graph else functools.partial(decode_one, self.model))
 
     @property
     def window(self) -> int:
@@ -99,6 +105,8 @@ class Engine:
         are absolute, so the cache cannot be shifted) and generation goes on.
         """
         self.stats = Stats()
+        for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
+            block.attn.kv_cache = cache  # another engine on the same model may have put in its own
         generator = generator if generator is not None else make_generator(options.seed)
         tokens = self.fit(prompt)
         self.stats.prompt_tokens = len(tokens)
@@ -116,7 +124,7 @@ class Engine:
                 logits = self._feed(tokens[-(self.window // 2):])
                 continue
             t0 = time.perf_counter()
-            logits = decode_one(self.model, token, len(self.cached))
+            logits = self.decode(token, len(self.cached))
             self.cached.append(token)
             self._count(1)
             self.stats.decode_tokens += 1

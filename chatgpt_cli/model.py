@@ -58,22 +58,32 @@ class Unembedding(nn.Module):
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values of every position seen so far, for one layer."""
+    """Preallocated keys and values of every position seen so far, for one layer.
+
+    ``static``: every call returns the whole buffer, so shapes never change (what a CUDA graph
+    needs); the attention then masks out the positions not written yet.
+    """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, static: bool = False) -> None:
         super().__init__()
         shape = (batch, n_head, max_len, head_dim)
-        # Uninitialised: only positions already written are ever read, and memory pages that are
-        # never written are never made resident (a short chat does not pay for the whole window).
-        self.register_buffer("k_cache", torch.empty(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.empty(shape, dtype=dtype, device=device), persistent=False)
+        self.static = static
+        # Uninitialised unless static: only positions already written are read, and memory pages that
+        # are never written are never made resident (a short chat does not pay for the whole window).
+        # A static cache is read whole, so it starts at zero (masked garbage could be NaN).
+        make = torch.zeros if static else torch.empty
+        self.register_buffer("k_cache", make(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", make(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end."""
-        end = int(input_pos[-1]) + 1
+        """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end
+        (0..max_len when static)."""
         self.k_cache.index_copy_(2, input_pos, k)
         self.v_cache.index_copy_(2, input_pos, v)
+        if self.static:
+            return self.k_cache, self.v_cache  # (B, nh, max_len, hs)
+        end = int(input_pos[-1]) + 1
         return self.k_cache[:, :, :end], self.v_cache[:, :, :end]  # (B, nh, end, hs)
 
 
@@ -92,9 +102,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        masked = False
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far
-        y = attention(q, k, v, input_pos)  # (B, nh, T, hs)
+            masked = self.kv_cache.static  # S = the whole cache, some of it not written yet
+        y = attention(q, k, v, input_pos, masked)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.c_proj(y)
 
@@ -104,12 +116,17 @@ def causal_mask(input_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
     return torch.arange(n_keys, device=input_pos.device)[None, :] <= input_pos[:, None]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+              masked: bool = False) -> torch.Tensor:
     """Masked scaled dot-product attention: softmax(q k^T / sqrt(hs) + mask) v.
 
     ``attention_weights`` spells the same math out step by step; here the fused kernel does it.
+    Without ``masked`` the keys are exactly those up to the last query, which lets the kernel
+    skip the mask where it can.
     """
     T, S = q.shape[-2], k.shape[-2]
+    if masked:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(input_pos, S))
     if T == 1:  # one new token: it may attend to every key so far
         return F.scaled_dot_product_attention(q, k, v)
     if T == S:  # a fresh sequence: plain causal mask
@@ -164,12 +181,12 @@ class GPT(nn.Module):
         self.lm_head = None if tied else Unembedding(config.vocab_size, config.n_embd)
         self.packed_head: nn.Module | None = None  # the same matrix in a faster layout (fastpath.py)
 
-    def setup_cache(self, max_len: int | None = None, batch: int = 1) -> None:
-        """Give every layer a preallocated KV cache (None removes them)."""
+    def setup_cache(self, max_len: int | None = None, batch: int = 1, static: bool = False) -> None:
+        """Give every layer a preallocated KV cache (None removes them); see KVCache for static."""
         c, w = self.config, self.transformer.wte.weight
         for block in self.transformer.h:
             block.attn.kv_cache = None if max_len is None else KVCache(
-                batch, c.n_head, max_len, c.head_dim, w.dtype, w.device)
+                batch, c.n_head, max_len, c.head_dim, w.dtype, w.device, static)
 
     def linear_layers(self) -> list[tuple[nn.Module, str]]:
         """(parent, attribute) of every matrix product in the blocks, for swapping in faster kernels."""

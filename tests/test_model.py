@@ -101,3 +101,58 @@ def test_engine_reuses_the_common_prefix(tiny_dir):
     fresh = Engine(load_model(tiny_dir, dtype="float32").model)
     assert list(engine.generate([5, 6], 5, greedy, stop_at_eot=False)) == \
         list(fresh.generate([5, 6], 5, greedy, stop_at_eot=False))
+
+
+def test_static_cache_equals_the_growing_one(tiny_dir):
+    """The static cache (for CUDA graphs) reads the whole window and masks what is not written."""
+    model = load_model(tiny_dir, dtype="float32").model
+    idx = torch.randint(0, 50257, (1, 30)).tolist()[0]
+    with torch.no_grad():
+        model.setup_cache(64)
+        want = [prefill(model, idx[:10], 0)] + [decode_one(model, idx[i], i) for i in range(10, 30)]
+        model.setup_cache(64, static=True)
+        cache = model.transformer.h[0].attn.kv_cache
+        assert cache.static and torch.count_nonzero(cache.k_cache) == 0  # read whole, so it starts at zero
+        got = [prefill(model, idx[:10], 0)] + [decode_one(model, idx[i], i) for i in range(10, 30)]
+        assert cache.update(torch.tensor([30]), *[torch.zeros(1, 2, 1, 16)] * 2)[0].shape == (1, 2, 64, 16)
+        # a second prompt over the first one's cache: positions past it hold stale keys, masked out
+        got2 = prefill(model, idx[:5], 0)
+        model.setup_cache(64)
+        want2 = prefill(model, idx[:5], 0)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got2, want2, atol=1e-5, rtol=1e-5)
+
+
+def test_engines_sharing_a_model_keep_their_own_caches(tiny_dir):
+    model = load_model(tiny_dir, dtype="float32").model
+    greedy = SamplingOptions(temperature=0)
+    a, b = Engine(model), Engine(model)
+    first_a = list(a.generate(list(range(100, 120)), 5, greedy, stop_at_eot=False))
+    list(b.generate([9, 8, 7, 6], 5, greedy, stop_at_eot=False))  # overwrites the model's cache if shared
+    more = list(range(100, 120)) + first_a + [3]
+    got, want = [], []
+    list(a.generate(more, 5, greedy, stop_at_eot=False, on_step=lambda logits, t: got.append(logits)))
+    assert a.stats.tokens_run == 2 + 4  # only the last reply token and the new one ran: a kept its cache
+    fresh = Engine(load_model(tiny_dir, dtype="float32").model)
+    list(fresh.generate(more, 5, greedy, stop_at_eot=False, on_step=lambda logits, t: want.append(logits)))
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graph_decode_matches_the_cpu(tiny_dir, dtype):
+    from chatgpt_cli.cuda_graph import GraphDecoder
+
+    greedy = SamplingOptions(temperature=0)
+    gpu = Engine(load_model(tiny_dir, dtype=dtype, device="cuda").model)
+    assert isinstance(gpu.decode, GraphDecoder)
+    cpu = Engine(load_model(tiny_dir, dtype="float32", device="cpu").model)
+    prompt = [464, 3290, 318, 257]
+    steps = []
+    got = list(gpu.generate(prompt, 30, greedy, stop_at_eot=False, on_step=lambda lg, t: steps.append(lg)))
+    want_steps = []
+    want = list(cpu.generate(prompt, 30, greedy, stop_at_eot=False, on_step=lambda lg, t: want_steps.append(lg)))
+    tol = 1e-3 if dtype == "float32" else 0.1
+    torch.testing.assert_close(torch.stack(steps).float().cpu(), torch.stack(want_steps), atol=tol, rtol=tol)
+    if dtype == "float32":
+        assert got == want
