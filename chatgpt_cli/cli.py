@@ -107,9 +107,10 @@ def model_path(model: str | None) -> Path:
 
 def load(model: str | None, dtype: str, device: str, verbose: bool) -> LoadedModel:
     t0 = time.perf_counter()
+    from chatgpt_cli.memory import large_blocks_returned
     from chatgpt_cli.weights import load_model
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, large_blocks_returned():
         warnings.simplefilter("always")
         loaded = load_model(model_path(model), dtype=dtype, device=device)
     for w in caught:

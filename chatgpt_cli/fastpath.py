@@ -9,6 +9,8 @@ model for a ``PackedLinear`` holding that layout; the math is unchanged (y = x W
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -54,8 +56,11 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
 
-def pack_for_cpu(model: GPT) -> bool:
-    """Pack a 16-bit CPU model's weights in place, a layer at a time; False where unsupported."""
+def pack_for_cpu(model: GPT, copied: Callable[[torch.Tensor], None] = lambda t: None) -> bool:
+    """Pack a 16-bit CPU model's weights in place, a layer at a time; False where unsupported.
+
+    ``copied(weight)`` is told of each original weight once its packed copy exists.
+    """
     w = model.transformer.wte.weight
     if not can_pack(w.dtype, w.device):
         return False
@@ -63,8 +68,13 @@ def pack_for_cpu(model: GPT) -> bool:
         model.packed_head = PackedLinear(model.unembedding(), None)  # a third of GPT-2 small's bytes
     except RuntimeError:  # this build of oneDNN cannot pack: keep the stock kernels
         return False
+    copied(model.unembedding())
     for block in model.transformer.h:  # a layer at a time: the unpacked copy goes before the next
+        originals = (block.attn.c_attn.weight, block.attn.c_proj.weight, block.mlp.c_fc.weight,
+                     block.mlp.c_proj.weight)
         block.attn.c_attn = PackedLinear(block.attn.c_attn.weight.t(), block.attn.c_attn.bias)
         block.attn.c_proj = PackedLinear(block.attn.c_proj.weight.t(), block.attn.c_proj.bias)
         block.mlp = PackedMLP(block.mlp)
+        for weight in originals:
+            copied(weight)
     return True

@@ -13,6 +13,8 @@ torch's int8-weight kernel (``_weight_int8pack_mm``); elsewhere the rows are wid
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,12 +61,17 @@ class Int8Linear(nn.Module):
         return y.view(x.shape[:-1] + (self.weight.shape[0],))  # (..., out)
 
 
-def quantize_model(model: GPT) -> GPT:
-    """Swap every linear layer and the unembedding for Int8Linear; the rest becomes bfloat16."""
+def quantize_model(model: GPT, copied: Callable[[torch.Tensor], None] = lambda t: None) -> GPT:
+    """Swap every linear layer and the unembedding for Int8Linear; the rest becomes bfloat16.
+
+    ``copied(weight)`` is told of each original weight once its int8 copy exists.
+    """
     for parent, name in model.linear_layers():
         conv = getattr(parent, name)
         setattr(parent, name, Int8Linear(conv.weight.t(), conv.bias))  # Conv1D keeps (in, out)
+        copied(conv.weight)
     model.packed_head = Int8Linear(model.unembedding(), None)
+    copied(model.unembedding())
     model.lm_head = None if model.lm_head is None else model.lm_head.to(COMPUTE_DTYPE)
     for module in (model.transformer.wte, model.transformer.wpe, model.transformer.ln_f,
                    *(m for block in model.transformer.h for m in (block.ln_1, block.ln_2))):

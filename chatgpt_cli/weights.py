@@ -270,15 +270,24 @@ def fast_layout(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def release(maps: list[mmap.mmap]) -> None:
-    """Let the file's pages go once the weights have been copied out of them (converted or packed).
+class Mapped:
+    """The memory maps behind loaded tensors. Once a tensor has been copied (converted, packed or
+    quantized), ``release`` lets its pages go; anything still reading it (an embedding kept as
+    stored) brings back from the file just the pages it touches."""
 
-    What still points into the map (an embedding kept as stored) is read back from the file on
-    demand, so only the rows that are looked up come back into memory.
-    """
-    for mm in maps:
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            mm.madvise(mmap.MADV_DONTNEED)
+    def __init__(self, maps: list[mmap.mmap]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.spans = [(torch.frombuffer(mm, dtype=torch.uint8, count=1).data_ptr(), mm) for mm in maps]
+
+    def release(self, t: torch.Tensor) -> None:
+        ptr, n = t.data_ptr(), t.numel() * t.element_size()
+        for base, mm in self.spans:
+            if base <= ptr and ptr + n <= base + len(mm) and hasattr(mmap, "MADV_DONTNEED"):
+                start = -(-(ptr - base) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor
+                end = (ptr - base + n) // mmap.PAGESIZE * mmap.PAGESIZE
+                if end > start:
+                    mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
@@ -300,9 +309,6 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
         tensors |= normalize_keys(part)
     config = config_from(tensors, config_json, metadata, path)
     check_tensors(tensors, config, path)
-    for k, t in tensors.items():
-        if not all_finite(t):
-            warnings.warn(f"{k} in {path} contains NaN or infinite values", stacklevel=2)
     dev = resolve_device(device)
     stored = tensors["transformer.wte.weight"].dtype
     int8 = dtype == "int8"
@@ -311,27 +317,33 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     target = COMPUTE_DTYPE if int8 else stored if dtype == "auto" else DTYPES[dtype]
     if target == torch.float64:
         target = torch.float32
-    tied = "lm_head.weight" not in tensors
-    model = GPT(config, tied=tied)  # uninitialised parameters, replaced below without a copy
+    packing = fast and not int8 and can_pack(target, dev)
+    mapped = Mapped(maps)
+    for k, t in tensors.items():
+        if not all_finite(t):
+            warnings.warn(f"{k} in {path} contains NaN or infinite values", stacklevel=2)
+        if int8 or packing or target != stored or dev.type != "cpu":
+            mapped.release(t)  # to be copied anyway: read back a tensor at a time, not all at once
+
+    def place(name: str, t: torch.Tensor) -> torch.Tensor:
+        if int8 and name.endswith(LINEAR_WEIGHTS):
+            out = t.to(dev)  # as stored until quantized, a chunk of rows at a time
+        else:
+            out = t.to(device=dev, dtype=target)
+            out = out if packing else fast_layout(name, out)  # packed a layer at a time below
+        if out.data_ptr() != t.data_ptr():
+            mapped.release(t)
+        return out
+
+    model = GPT(config, tied="lm_head.weight" not in tensors)  # uninitialised; filled without a copy
     n_params = sum(t.numel() for t in tensors.values())
-    if int8:  # matrices stay as stored until quantized, a chunk of rows at a time
-        state = {k: t.to(dev) if k.endswith(LINEAR_WEIGHTS) else t.to(device=dev, dtype=target)
-                 for k, t in tensors.items()}
-    elif fast and can_pack(target, dev):  # packed a layer at a time after loading
-        state = {k: t.to(device=dev, dtype=target) for k, t in tensors.items()}
-    else:
-        state = {k: fast_layout(k, t.to(device=dev, dtype=target)) for k, t in tensors.items()}
+    model.load_state_dict({k: place(k, t) for k, t in tensors.items()}, strict=True, assign=True)
     del tensors
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
     model.eval().requires_grad_(False)
-    copied = int8 or target != stored or dev.type != "cpu"
     if int8:
-        quantize_model(model)
-    elif fast:
-        copied = pack_for_cpu(model) or copied
-    if copied:
-        release(maps)
+        quantize_model(model, copied=mapped.release)
+    elif packing:
+        pack_for_cpu(model, copied=mapped.release)
     return LoadedModel(model, config, tuple(files), target, dev, n_params, int8)
 
 

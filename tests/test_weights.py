@@ -4,6 +4,7 @@ import json
 import pickle
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,28 @@ def test_16_bit_weights_get_the_fast_layout_and_the_same_logits(tiny_dir):
         for model in (half, unpacked_half, brain, plain):
             torch.testing.assert_close(model(idx).float(), full(idx), atol=0.05, rtol=0.05)
         torch.testing.assert_close(brain(idx), plain(idx), atol=0.02, rtol=0.02)
+
+
+def mapped_rss_kb(path) -> int:
+    """Resident kilobytes of this process's mappings of path (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_released_pages_leave_memory_and_come_back_on_reading(tmp_path):
+    from chatgpt_cli.weights import Mapped, read_safetensors
+
+    path = tmp_path / "big.safetensors"
+    save_file({"a": torch.arange(2 << 20, dtype=torch.float32), "b": torch.ones(10)}, str(path))
+    tensors, _, mm = read_safetensors(path)
+    total = float(tensors["a"].sum())
+    assert mapped_rss_kb(path) >= 8000  # all 8 MB read in
+    Mapped([mm]).release(tensors["a"])
+    assert mapped_rss_kb(path) < 100
+    assert float(tensors["a"].sum()) == total and float(tensors["b"].sum()) == 10.0  # read back from the file
