@@ -128,8 +128,10 @@ def test_dtype_and_device_options(tiny_dir):
 
 def test_weights_are_memory_mapped_not_copied(tiny_file):
     model = load_model(tiny_file).model
-    wte = model.transformer.wte.weight
-    assert not wte.untyped_storage().resizable()  # a view of the mapped file, not an owned buffer
+    w = model.transformer.h[0].mlp.c_fc.weight
+    assert not w.untyped_storage().resizable()  # a view of the mapped file, not an owned buffer
+    wte = model.transformer.wte.weight  # float32's unembedding: laid out (n_embd, vocab) for the kernel
+    assert wte.shape == (50257, 32) and wte.stride() == (1, 50257)
 
 
 def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir):
