@@ -22,13 +22,18 @@ def bench(
     runs: Annotated[int, typer.Option(help="Runs of each measurement (the median is shown).")] = 3,
     tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
     prefill_len: Annotated[int, typer.Option("--prefill", help="Prompt length for the prefill measurement.")] = 512,
+    threads: Annotated[Optional[int], typer.Option(help=(
+        "CPU threads (default: torch's choice, one per physical core; OMP_NUM_THREADS works too)."))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure prefill and decode speed, time to first token, load time and peak memory."""
     with guarded():
-        if runs < 1 or tokens < 1 or prefill_len < 1:
-            raise UsageError("--runs, --tokens and --prefill must be >= 1")
+        if runs < 1 or tokens < 1 or prefill_len < 1 or (threads is not None and threads < 1):
+            raise UsageError("--runs, --tokens, --prefill and --threads must be >= 1")
         import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
 
         from chatgpt_cli.bench import GPT2_SHAPES, measure, random_model
         from chatgpt_cli.quantize import quantize_model

@@ -179,6 +179,14 @@ def test_bench_runs_and_reports(tiny_dir):
     assert data["dtype"] == "float32" and data["device"] == "cpu" and data["prefill_tokens"] == 16
     table = run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16")
     assert "decode after 8 tokens" in table.stdout and "tok/s" in table.stdout
+    import torch
+
+    before = torch.get_num_threads()
+    one = json.loads(run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16",
+                         "--threads", "1", "--json").stdout)
+    torch.set_num_threads(before)
+    assert one["threads"] == 1
+    assert run("bench", "--threads", "0").stderr.startswith("error: --runs, --tokens, --prefill and --threads")
     bad = run("bench", "--random", "gpt5")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --random 'gpt5': choose gpt2, gpt2-medium")
 
