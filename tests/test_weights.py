@@ -179,7 +179,7 @@ def mapped_rss_kb(path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
 def test_released_pages_leave_memory_and_come_back_on_reading(tmp_path):
-    from chatgpt_cli.weights import Mapped, read_safetensors
+    from chatgpt_cli.checkpoint import Mapped, read_safetensors
 
     path = tmp_path / "big.safetensors"
     save_file({"a": torch.arange(2 << 20, dtype=torch.float32), "b": torch.ones(10)}, str(path))
