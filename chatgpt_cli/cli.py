@@ -47,7 +47,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     f"A .safetensors file or a model directory. Default: ${ENV_MODEL}, else the bundled model."))]
 DtypeOpt = Annotated[str, typer.Option(help=(
-    "auto (as stored), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 activations)."))]
+    "auto (as stored; 16-bit on a CUDA GPU), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 "
+    "activations)."))]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")]

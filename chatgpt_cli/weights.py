@@ -178,6 +178,16 @@ def fast_layout(t: torch.Tensor, dtype: torch.dtype,
     return out.t()  # the original shape
 
 
+def auto_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
+    """``--dtype auto``: as stored (float64 as float32), except that float32 weights run in 16 bits
+    on a CUDA GPU, half the bytes per token (bfloat16 where the GPU has it, else float16)."""
+    if stored == torch.float64:
+        return torch.float32
+    if device.type == "cuda" and stored == torch.float32:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return stored
+
+
 def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
     """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
 
@@ -202,9 +212,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     int8 = dtype == "int8"
     if dtype != "auto" and dtype not in DTYPES and not int8:
         raise UsageError(f"--dtype {dtype!r}: choose {DTYPE_CHOICES}")
-    target = COMPUTE_DTYPE if int8 else stored if dtype == "auto" else DTYPES[dtype]
-    if target == torch.float64:
-        target = torch.float32
+    target = COMPUTE_DTYPE if int8 else auto_dtype(stored, dev) if dtype == "auto" else DTYPES[dtype]
     packing = fast and not int8 and can_pack(target, dev)
     head = "lm_head.weight" if "lm_head.weight" in tensors else "transformer.wte.weight"
     relayout = not int8 and not packing

@@ -189,3 +189,15 @@ def test_released_pages_leave_memory_and_come_back_on_reading(tmp_path):
     Mapped([mm]).release(tensors["a"])
     assert mapped_rss_kb(path) < 100
     assert float(tensors["a"].sum()) == total and float(tensors["b"].sum()) == 10.0  # read back from the file
+
+
+def test_auto_dtype_is_as_stored_but_16_bit_on_a_gpu(monkeypatch):
+    from chatgpt_cli.weights import auto_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_dtype(torch.float32, cpu) == torch.float32 and auto_dtype(torch.float16, cpu) == torch.float16
+    assert auto_dtype(torch.float64, cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert auto_dtype(torch.float32, cuda) == torch.bfloat16 and auto_dtype(torch.float16, cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert auto_dtype(torch.float32, cuda) == torch.float16
