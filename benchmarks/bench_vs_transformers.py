@@ -4,7 +4,9 @@
 
 Prints decode tok/s (after an 8-token and an 800-token prompt) and 512-token prefill tok/s for
 both engines at float32 and bfloat16 (and ours at float16 and int8), with the ratios the
-performance issue asks about. Random weights (seeded): speed does not depend on the values. Not a test.
+performance issue asks about, and each decode speed as a fraction of the memory-bandwidth bound
+(the machine's read bandwidth, measured here, over the bytes of weights one token reads).
+Random weights (seeded): speed does not depend on the values. Not a test.
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ def hf_prefill_rate(model, ids: list[int], last_only: bool) -> float:
     return len(ids) / (time.perf_counter() - t0)
 
 
+def read_bandwidth() -> float:
+    """Bytes per second this machine streams from memory: the best of 5 passes over 1 GiB."""
+    x = torch.ones(2**28)  # float32, 1 GiB: far bigger than any cache
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.dot(x, x)  # reads x once
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="gpt2", choices=list(GPT2_SHAPES))
@@ -82,13 +98,19 @@ def main() -> None:
             rows[f"chatgpt-cli {dtype}"] = (r.decode_tok_s_short, r.decode_tok_s_long, r.prefill_tok_s, None)
             print(f"{'chatgpt-cli ' + dtype:24s} done", flush=True)
             del model
+    bandwidth = read_bandwidth()
+    n_layer, _, n_embd = GPT2_SHAPES[args.size]
+    n_params = 50257 * n_embd + 1024 * n_embd + n_layer * 12 * n_embd * n_embd  # all a token reads, near enough
     base = rows["transformers float32"][0]
-    print(f"\n{args.size}, batch 1; decode ratios are against transformers float32 decode ({base:.1f} tok/s)")
-    print(f"{'engine':24s} {'decode@8':>9s} {'decode@800':>11s} {'ratio':>6s} {'long/short':>10s} "
+    print(f"\n{args.size}, batch 1; decode ratios are against transformers float32 decode ({base:.1f} tok/s); "
+          f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"{'engine':24s} {'decode@8':>9s} {'decode@800':>11s} {'ratio':>6s} {'of bound':>8s} {'long/short':>10s} "
           f"{'prefill512':>11s} {'(last only)':>11s}")
     for name, (short, long, pre, pre_last) in rows.items():
         last = f"{pre_last:11.0f}" if pre_last else f"{'':11s}"
-        print(f"{name:24s} {short:9.1f} {long:11.1f} {short / base:5.2f}x {long / short:10.2f} {pre:11.0f} {last}")
+        bound = bandwidth / (n_params * BYTES_PER_WEIGHT[name.split()[-1]])  # tok/s if weights streamed at full speed
+        print(f"{name:24s} {short:9.1f} {long:11.1f} {short / base:5.2f}x {short / bound:8.0%} {long / short:10.2f} "
+              f"{pre:11.0f} {last}")
     for dtype in ("float32", "bfloat16"):
         ours, theirs = rows[f"chatgpt-cli {dtype}"][2], rows[f"transformers {dtype}"]
         print(f"prefill {dtype}: chatgpt-cli / transformers = {ours / theirs[2]:.2f}x "
