@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         codes, scales = quantize_rows(weight)
         self.register_buffer("weight", codes)  # (out, in) int8
         self.register_buffer("scales", scales.to(dtype))  # (out,)
-        self.bias = None if bias is None else bias.to(dtype)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         # torch's int8 kernel (CPU) reads the codes directly; it needs rows of a multiple of 16 bytes
         self.kernel = codes.device.type == "cpu" and codes.shape[1] % 16 == 0
 
@@ -72,7 +72,6 @@ def quantize_model(model: GPT, copied: Callable[[torch.Tensor], None] = lambda t
         copied(conv.weight)
     model.packed_head = Int8Linear(model.unembedding(), None)
     copied(model.unembedding())
-    model.lm_head = None if model.lm_head is None else model.lm_head.to(COMPUTE_DTYPE)
     for module in (model.transformer.wte, model.transformer.wpe, model.transformer.ln_f,
                    *(m for block in model.transformer.h for m in (block.ln_1, block.ln_2))):
         module.to(COMPUTE_DTYPE)

@@ -229,7 +229,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
             mapped.release(t)  # to be copied anyway: read back a tensor at a time, not all at once
 
     def place(name: str, t: torch.Tensor) -> torch.Tensor:
-        if int8 and name.endswith(LINEAR_WEIGHTS):
+        if int8 and (name.endswith(LINEAR_WEIGHTS) or name == "lm_head.weight"):
             out = t.to(dev)  # as stored until quantized, a chunk of rows at a time
         elif relayout and relaid(name, target, dev, head):
             out = fast_layout(t, target, mapped.release)

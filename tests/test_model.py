@@ -55,6 +55,10 @@ def test_own_lm_head_is_used(tmp_path):
     with torch.no_grad():
         hidden = ref.transformer(idx).last_hidden_state
         torch.testing.assert_close(model(idx), hidden @ state["lm_head.weight"].T, atol=1e-4, rtol=1e-4)
+    for dtype in ("bfloat16", "int8"):  # the packed and the quantized unembedding are the own one too
+        other = load_model(tmp_path / "m.safetensors", dtype=dtype).model
+        with torch.no_grad():
+            torch.testing.assert_close(other(idx).float(), model(idx), atol=0.15, rtol=0.05)
 
 
 def test_cache_prefill_plus_decode_equals_full_forward(tiny_dir):
