@@ -47,7 +47,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     f"A .safetensors file or a model directory. Default: ${ENV_MODEL}, else the bundled model."))]
 DtypeOpt = Annotated[str, typer.Option(help=(
-    "auto (as stored; 16-bit on a CUDA GPU), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 "
+    "auto (16-bit weights in bfloat16 on a CPU that has it natively, else float32; float32 weights as "
+    "stored, but in 16 bits on a CUDA GPU), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 "
     "activations)."))]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]

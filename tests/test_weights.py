@@ -138,7 +138,7 @@ def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir)
     transformers = pytest.importorskip("transformers")
     model = load_model(tiny_dir, dtype="float32").model
     save_model(model, tmp_path / "out", dtype=torch.float16)
-    again = load_model(tmp_path / "out", fast=False)  # plain layers, so the model can be made float32
+    again = load_model(tmp_path / "out", dtype="float16", fast=False)  # as saved; plain layers, made float32 below
     assert again.dtype == torch.float16
     ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").float().eval()
     idx = torch.randint(0, 50257, (1, 16))
@@ -191,12 +191,18 @@ def test_released_pages_leave_memory_and_come_back_on_reading(tmp_path):
     assert float(tensors["a"].sum()) == total and float(tensors["b"].sum()) == 10.0  # read back from the file
 
 
-def test_auto_dtype_is_as_stored_but_16_bit_on_a_gpu(monkeypatch):
+def test_auto_dtype_picks_the_fastest_faithful_precision(monkeypatch):
+    from chatgpt_cli import weights
     from chatgpt_cli.weights import auto_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert auto_dtype(torch.float32, cpu) == torch.float32 and auto_dtype(torch.float16, cpu) == torch.float16
-    assert auto_dtype(torch.float64, cpu) == torch.float32
+    assert auto_dtype(torch.float32, cpu) == torch.float32 and auto_dtype(torch.float64, cpu) == torch.float32
+    # 16-bit weights on a CPU: bfloat16 where it is native, else float32 (never emulated 16-bit math)
+    monkeypatch.setattr(weights, "can_pack", lambda dtype, device: True)
+    assert auto_dtype(torch.float16, cpu) == torch.bfloat16 and auto_dtype(torch.bfloat16, cpu) == torch.bfloat16
+    monkeypatch.setattr(weights, "can_pack", lambda dtype, device: False)
+    assert auto_dtype(torch.float16, cpu) == torch.float32 and auto_dtype(torch.bfloat16, cpu) == torch.float32
+    # float32 weights on a GPU: 16 bits
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_dtype(torch.float32, cuda) == torch.bfloat16 and auto_dtype(torch.float16, cuda) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
