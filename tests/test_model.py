@@ -142,6 +142,32 @@ def test_engines_sharing_a_model_keep_their_own_caches(tiny_dir):
     torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=1e-5, rtol=1e-5)
 
 
+def test_graph_decoder_replays_the_step_correctly(tiny_dir, monkeypatch):
+    """The CUDA-graph engine's logic on the CPU: a 'graph' whose replay runs the recorded step
+    again. Static buffers, the static cache, the warm-up at position 0 and prefix reuse together
+    must give exactly the logits of the ordinary engine."""
+    from chatgpt_cli import cuda_graph, generate
+    from chatgpt_cli.cuda_graph import GraphDecoder
+
+    monkeypatch.setattr(generate, "wants_graph", lambda model: True)
+    monkeypatch.setattr(cuda_graph, "record", lambda step, device: (step(), step(), step)[-1])
+    greedy = SamplingOptions(temperature=0)
+    graphed = Engine(load_model(tiny_dir, dtype="float32").model)
+    assert isinstance(graphed.decode, GraphDecoder) and graphed.caches[0].static
+    monkeypatch.setattr(generate, "wants_graph", lambda model: False)
+    plain = Engine(load_model(tiny_dir, dtype="float32").model)
+    reply: list[int] = []
+    for prompt in ([464, 3290, 318, 257], "next turn", [5, 6, 7]):  # a first turn, the next, a reset
+        prompt = [464, 3290, 318, 257] + reply + [11, 290] if prompt == "next turn" else prompt
+        got: list[torch.Tensor] = []
+        want: list[torch.Tensor] = []
+        reply = list(graphed.generate(prompt, 20, greedy, stop_at_eot=False, on_step=lambda lg, t, o=got: o.append(lg)))
+        b = list(plain.generate(prompt, 20, greedy, stop_at_eot=False, on_step=lambda lg, t, o=want: o.append(lg)))
+        assert reply == b and graphed.stats.tokens_run == plain.stats.tokens_run
+        torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=1e-5, rtol=1e-5)
+    assert graphed.total_tokens_run < 3 * 20 + 4 + 30  # the second turn reused the first's cache
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_graph_decode_matches_the_cpu(tiny_dir, dtype):
