@@ -95,7 +95,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with ``last_only``, keys and values of every position but the
+        output of the last alone (B, 1, C)."""
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -106,6 +108,8 @@ class CausalSelfAttention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far
             masked = self.kv_cache.static  # S = the whole cache, some of it not written yet
+        if last_only:
+            q, input_pos, T = q[:, :, -1:], input_pos[-1:], 1  # (B, nh, 1, hs): the last query only
         y = attention(q, k, v, input_pos, masked)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.c_proj(y)
@@ -159,8 +163,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos)
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, 1, C) for the last position with ``last_only``."""
+        a = self.attn(self.ln_1(x), input_pos, last_only)
+        x = (x[:, -1:, :] if last_only else x) + a
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -203,16 +209,16 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) for tokens idx (B, T) at positions input_pos (T,), default 0..T-1.
 
         With a cache set up, the keys and values of these positions are stored for later calls.
-        ``last_only`` computes the logits of the last position alone (B, 1, vocab).
+        ``last_only`` computes the logits of the last position alone (B, 1, vocab), and in the last
+        block only what they need.
         """
         B, T = idx.shape
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, input_pos)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
+        for i, block in enumerate(self.transformer.h):
+            # the last block needs the keys and values of every position, the rest of the last alone
+            x = block(x, input_pos, last_only and i == self.config.n_layer - 1)  # (B, T or 1, C)
         x = self.transformer.ln_f(x)
         if self.packed_head is not None:
             return self.packed_head(x)  # (B, T, vocab)
