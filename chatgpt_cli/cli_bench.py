@@ -37,7 +37,7 @@ def bench(
 
         from chatgpt_cli.bench import GPT2_SHAPES, measure, random_model
         from chatgpt_cli.quantize import quantize_model
-        from chatgpt_cli.weights import DTYPE_CHOICES, DTYPES, resolve_device
+        from chatgpt_cli.weights import DTYPE_CHOICES, DTYPES, precision_name, resolve_device
 
         t0 = time.perf_counter()
         if random is not None:
@@ -50,8 +50,7 @@ def bench(
             if dtype == "int8":
                 quantize_model(net)
             name, what = f"random {random}", "random weights (no load)"
-            dt = str(net.transformer.wte.weight.dtype).removeprefix("torch.")
-            dt = f"int8 ({dt} activations)" if dtype == "int8" else dt
+            dt = precision_name(net.transformer.wte.weight.dtype, dtype == "int8")
         else:
             loaded = load(model, dtype, device, verbose=False)
             net, dev, dt = loaded.model, loaded.device, loaded.precision

@@ -42,8 +42,13 @@ class LoadedModel:
 
     @property
     def precision(self) -> str:
-        name = str(self.dtype).removeprefix("torch.")
-        return f"int8 ({name} activations)" if self.int8 else name
+        return precision_name(self.dtype, self.int8)
+
+
+def precision_name(dtype: torch.dtype, int8: bool) -> str:
+    """How a model's precision is shown: "float32", or "int8 (bfloat16 activations)"."""
+    name = str(dtype).removeprefix("torch.")
+    return f"int8 ({name} activations)" if int8 else name
 
 
 def normalize_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
