@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
+from chatgpt_cli.generate import prompt_room
 from chatgpt_cli.sampling import SamplingOptions, check_options, make_generator
 from chatgpt_cli.streaming import TextStream
 from chatgpt_cli.template import Template, load_template
@@ -108,7 +109,7 @@ class Chat:
 
     def fit(self, message: str, out: Output) -> list[int]:
         """Tokens for the next reply, dropping the oldest whole turns when the window is too small."""
-        room = self.engine.window - min(self.settings.max_tokens, self.engine.window // 2)
+        room = prompt_room(self.engine.window, self.settings.max_tokens)
         start = self.first_in_window = min(self.first_in_window, len(self.turns))
         while True:
             ids = self.encode(self.transcript(self.turns[start:], message))

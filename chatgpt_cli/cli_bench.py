@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatgpt_cli.cli import DeviceOpt, DtypeOpt, ModelOpt, app, guarded, load, write_out
+from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, ModelOpt
+from chatgpt_cli.cli_plumbing import guarded, load, write_out
 from chatgpt_cli.errors import UsageError
 
 
-@app.command()
 def bench(
     model: ModelOpt = None,
     random: Annotated[Optional[str], typer.Option(help=(
@@ -62,19 +62,17 @@ def bench(
         if as_json:
             write_out(json.dumps(info) + "\n")
             return
-        from rich.table import Table
+        from chatgpt_cli.render import print_table
 
-        from chatgpt_cli.cli_inspect import console
-
-        table = Table(title=f"{name} · {dt} · {dev} · {info['threads']} threads · median of {runs}")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
         rows = [(f"{what} time", f"{load_s:.2f} s"),
                 (f"prefill ({result.prefill_tokens} tokens)", f"{result.prefill_tok_s:.1f} tok/s"),
                 ("decode after 8 tokens", f"{result.decode_tok_s_short:.1f} tok/s"),
                 (f"decode after {result.long_context} tokens", f"{result.decode_tok_s_long:.1f} tok/s"),
                 ("time to first token (8-token prompt)", f"{result.time_to_first_token_s * 1000:.1f} ms"),
                 ("peak memory", f"{result.peak_memory_mb:.0f} MB")]
-        for row in rows:
-            table.add_row(*row)
-        console().print(table)
+        print_table(f"{name} · {dt} · {dev} · {info['threads']} threads · median of {runs}",
+                    [("measure", "left"), ("value", "right")], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from chatgpt_cli.cli import (
+from chatgpt_cli.cli_options import (
     DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
@@ -17,18 +16,13 @@ from chatgpt_cli.cli import (
     SeedOpt,
     ShowProbsOpt,
     StopOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
     VerboseOpt,
-    app,
-    guarded,
-    handle_sigterm,
-    load,
+    sampling_options,
 )
+from chatgpt_cli.cli_plumbing import guarded, handle_sigterm, load
 
 
-@app.command()
+@sampling_options(temperature=0.7, top_k=40, top_p=0.95)
 def chat(
     model: ModelOpt = None,
     template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
@@ -36,9 +30,7 @@ def chat(
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help=(
         "Print the exact text the model sees (and its token count) before each reply."))] = False,
     max_tokens: MaxTokensOpt = 120,
-    temperature: TemperatureOpt = 0.7,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
+    sampling: dict[str, Any] | None = None,
     seed: SeedOpt = None,
     stop: StopOpt = None,
     show_probs: ShowProbsOpt = False,
@@ -52,7 +44,7 @@ def chat(
         from chatgpt_cli.chat import Chat, Settings
         from chatgpt_cli.template import load_template
 
-        settings = Settings(temperature, top_k, top_p, max_tokens, seed)
+        settings = Settings(**(sampling or {}), max_tokens=max_tokens, seed=seed)
         tmpl = load_template(template)
         if stop:  # extra stop strings, beside the template's own
             tmpl = replace(tmpl, stop=tmpl.stop + tuple(s for s in stop if s))
@@ -62,16 +54,20 @@ def chat(
 
         session = Chat(Engine(loaded.model), tmpl, settings, system=system, show_prompt=show_prompt)
         if sys.stdin.isatty() and sys.stdout.isatty():
-            from rich.console import Console
+            from chatgpt_cli.render import console
 
             banner = (f"chatgpt-cli chat · {loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0]} · "
                       f"template {tmpl.name} · /help for commands · Ctrl-D to leave")
-            plain = bool(os.environ.get("NO_COLOR"))  # no colour, and no other styling either
             if show_probs:
-                from chatgpt_cli.cli_inspect import StepRecorder
+                from chatgpt_cli.insight import StepRecorder
 
-                session.on_step = StepRecorder(0, temperature, top_k, top_p)
-            run_terminal(session, Console(color_system=None if plain else "auto"), banner)
+                session.on_step = StepRecorder(settings.sampling())
+            # NO_COLOR: no colour, and no other styling either
+            run_terminal(session, console(highlight=True), banner)
         else:
             lines = (raw.decode("utf-8", errors="replace") for raw in sys.stdin.buffer)
             run_piped(session, lines, PlainOutput(sys.stdout, sys.stderr))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(chat)

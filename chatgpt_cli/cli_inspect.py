@@ -1,99 +1,28 @@
-"""Commands that look inside the model: `next`, `attention`, `score`, and the --show-probs and
---alternatives views of generation. Rendering only; the computations live in insight.py."""
+"""Commands that look inside the model: `next`, `attention` and `score`.
+
+The computations live in insight.py, the tables and heat maps in render.py.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from chatgpt_cli.cli import (
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
-    app,
-    guarded,
-    load,
-    prompt_text,
-    read_stdin,
-    write_out,
-)
+from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, sampling_options
+from chatgpt_cli.cli_plumbing import guarded, load, prompt_text, read_stdin, write_out
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-MAX_MAP_TOKENS = 48  # a terminal heat map wider than this is unreadable
 
-
-def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, color_system=None if os.environ.get("NO_COLOR") else "auto")
-
-
-def shown(tok, token: int) -> str:
-    """A token's text, quoted, with invisible and partial characters made visible."""
-    return repr(tok.token_bytes(token).decode("utf-8", errors="backslashreplace"))
-
-
-def prob_style(p: float) -> str:
-    """Red for unlikely tokens through yellow to green for near-certain ones."""
-    p = min(max(p, 0.0), 1.0)
-    red, green = (255, int(510 * p)) if p < 0.5 else (int(510 * (1 - p)), 255)
-    return f"rgb({red},{green},0)"
-
-
-@dataclass
-class StepRecorder:
-    """on_step hook for generation: what each token's distribution looked like."""
-
-    alternatives: int
-    temperature: float
-    top_k: int
-    top_p: float
-    steps: list[tuple[int, float, list]] = field(default_factory=list)  # (picked, its prob, candidates)
-
-    def __call__(self, logits, token: int) -> None:
-        from chatgpt_cli.insight import candidates
-        from chatgpt_cli.sampling import probabilities
-
-        p = float(probabilities(logits, self.temperature, self.top_k, self.top_p)[token])
-        alts = candidates(logits, self.alternatives, self.temperature, self.top_k, self.top_p) \
-            if self.alternatives else []
-        self.steps.append((token, p, alts))
-
-    @property
-    def last_prob(self) -> float:
-        return self.steps[-1][1] if self.steps else 1.0
-
-
-def print_alternatives(out: Console, tok, recorder: StepRecorder) -> None:
-    table = Table(title="Alternatives at each step (probability after temperature / top-k / top-p)")
-    table.add_column("step", justify="right")
-    table.add_column("picked")
-    for i in range(recorder.alternatives):
-        table.add_column(f"#{i + 1}")
-    for step, (picked, p, alts) in enumerate(recorder.steps, 1):
-        cells = [f"{'> ' if c.token == picked else ''}{shown(tok, c.token)} {c.sampled_prob:.3f}" for c in alts]
-        table.add_row(str(step), f"{shown(tok, picked)} {p:.3f}", *cells)
-    out.print(table)
-
-
-@app.command("next")
+@sampling_options(temperature=1.0, top_k=0, top_p=1.0)
 def next_token(
     text: Annotated[Optional[str], typer.Argument(help="The text so far; '-' or none reads stdin.")] = None,
     model: ModelOpt = None,
     top: Annotated[int, typer.Option("--top", "-n", help="How many tokens to list.")] = 10,
-    temperature: TemperatureOpt = 1.0,
-    top_k: TopKOpt = 0,
-    top_p: TopPOpt = 1.0,
+    sampling: dict[str, Any] | None = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -101,16 +30,16 @@ def next_token(
     """The next-token distribution after TEXT: token, id, logit, probability, cumulative."""
     with guarded():
         from chatgpt_cli.insight import candidates, next_token_logits
-        from chatgpt_cli.sampling import check_options
+        from chatgpt_cli.sampling import SamplingOptions
         from chatgpt_cli.tokenizer import EOT, Tokenizer
 
-        check_options(temperature, top_k, top_p)
+        o = SamplingOptions(**(sampling or {}))
         if top < 1:
             raise UsageError(f"--top must be >= 1, not {top}")
         loaded = load(model, dtype, device, verbose=False)
         tok = Tokenizer()
         ids = tok.encode(prompt_text(text)) or [EOT]
-        cands = candidates(next_token_logits(loaded.model, ids), top, temperature, top_k, top_p)
+        cands = candidates(next_token_logits(loaded.model, ids), top, o.temperature, o.top_k, o.top_p)
         rows, cumulative = [], 0.0
         for c in cands:
             cumulative += c.prob
@@ -118,21 +47,18 @@ def next_token(
                          "logit": round(c.logit, 4), "prob": round(c.prob, 6), "cumulative": round(cumulative, 6),
                          "sampled_prob": round(c.sampled_prob, 6)})
         if as_json:
-            write_out(json.dumps({"text_tokens": len(ids), "temperature": temperature, "top_k": top_k,
-                                  "top_p": top_p, "candidates": rows}, ensure_ascii=False) + "\n")
+            write_out(json.dumps({"text_tokens": len(ids), "temperature": o.temperature, "top_k": o.top_k,
+                                  "top_p": o.top_p, "candidates": rows}, ensure_ascii=False) + "\n")
             return
-        table = Table(title=f"Next token after {len(ids)} tokens")
-        for name, justify in [("#", "right"), ("token", "left"), ("id", "right"), ("logit", "right"),
-                              ("prob", "right"), ("cumulative", "right"),
-                              (f"sampled (t={temperature}, k={top_k}, p={top_p})", "right")]:
-            table.add_column(name, justify=justify)
-        for i, (c, r) in enumerate(zip(cands, rows, strict=True), 1):
-            table.add_row(str(i), shown(tok, c.token), str(c.token), f"{c.logit:.3f}", f"{c.prob:.4f}",
-                          f"{r['cumulative']:.4f}", f"{c.sampled_prob:.4f}")
-        console().print(table)
+        from chatgpt_cli.render import print_table, shown
+
+        columns = [("#", "right"), ("token", "left"), ("id", "right"), ("logit", "right"), ("prob", "right"),
+                   ("cumulative", "right"), (f"sampled (t={o.temperature}, k={o.top_k}, p={o.top_p})", "right")]
+        print_table(f"Next token after {len(ids)} tokens", columns, [
+            (str(i), shown(tok, c.token), str(c.token), f"{c.logit:.3f}", f"{c.prob:.4f}", f"{r['cumulative']:.4f}",
+             f"{c.sampled_prob:.4f}") for i, (c, r) in enumerate(zip(cands, rows, strict=True), 1)])
 
 
-@app.command()
 def attention(
     text: Annotated[Optional[str], typer.Argument(help="The text; '-' or none reads stdin.")] = None,
     model: ModelOpt = None,
@@ -145,7 +71,8 @@ def attention(
 ) -> None:
     """The attention weights of one head as a heat map (query rows, key columns; the mask above)."""
     with guarded():
-        from chatgpt_cli.insight import attention_maps
+        from chatgpt_cli.insight import attention_maps, attention_summary
+        from chatgpt_cli.render import show_attention_summary, show_heat_map
         from chatgpt_cli.tokenizer import Tokenizer
 
         loaded = load(model, dtype, device, verbose=False)
@@ -161,7 +88,13 @@ def attention(
         maps = attention_maps(loaded.model, ids)  # (n_layer, n_head, T, T)
         labels = [tok.token_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
         if layer == "all":
-            show_summary(maps, labels, as_json)
+            summary = attention_summary(maps)
+            if as_json:
+                write_out(json.dumps({"tokens": labels, "layers": [
+                    [{"attends_most_to": j, "weight": round(w, 6)} for j, w in row] for row in summary]},
+                    ensure_ascii=False) + "\n")
+            else:
+                show_attention_summary(summary, labels)
             return
         weights = maps[int(layer), head]
         if png:
@@ -171,51 +104,7 @@ def attention(
                                   "weights": [[round(w, 6) for w in row] for row in weights.tolist()]},
                                  ensure_ascii=False) + "\n")
             return
-        show_heat_map(weights, labels, f"Attention, layer {layer}, head {head}")
-
-
-def show_heat_map(weights, labels: list[str], title: str) -> None:
-    out = console()
-    if len(labels) > MAX_MAP_TOKENS:
-        out.print(f"(showing the last {MAX_MAP_TOKENS} of {len(labels)} tokens)", style="dim")
-        weights, labels = weights[-MAX_MAP_TOKENS:, -MAX_MAP_TOKENS:], labels[-MAX_MAP_TOKENS:]
-    out.print(title, style="bold")
-    table = Table(show_lines=False, box=None, padding=(0, 0))
-    table.add_column("query \\ key", justify="right", no_wrap=True)
-    for j in range(len(labels)):
-        table.add_column(str(j), justify="center", width=3)
-    for i, row in enumerate(weights.tolist()):
-        cells = []
-        for j, w in enumerate(row):
-            if j > i:
-                cells.append("[dim] · [/dim]")  # masked: a token never sees the future
-            else:
-                level = int(round(w * 9))
-                cells.append(f"[on rgb({int(255 * w)},{int(80 * w)},{int(255 * (1 - w) * 0.3)})]{level:^3}[/]")
-        table.add_row(f"{i:>2} {labels[i]!r}", *cells)
-    out.print(table)
-    out.print("cells: attention weight x 9, rounded (row sums to 1); · = masked (a key in the future)", style="dim")
-
-
-def show_summary(maps, labels: list[str], as_json: bool) -> None:
-    mean = maps.mean(dim=1)  # (n_layer, T, T): averaged over heads
-    best = mean.argmax(dim=-1)  # (n_layer, T)
-    if as_json:
-        write_out(json.dumps({"tokens": labels, "layers": [
-            [{"attends_most_to": int(j), "weight": round(float(mean[layer_, i, j]), 6)} for i, j in enumerate(row)]
-            for layer_, row in enumerate(best.tolist())]}, ensure_ascii=False) + "\n")
-        return
-    table = Table(title="Where each token attends most (mean over heads), by layer")
-    table.add_column("token")
-    for layer_ in range(maps.shape[0]):
-        table.add_column(f"L{layer_}")
-    for i, label in enumerate(labels):
-        cells = []
-        for layer_ in range(maps.shape[0]):
-            j = int(best[layer_, i])
-            cells.append(f"{labels[j]!r} {float(mean[layer_, i, j]):.2f}")
-        table.add_row(f"{i} {label!r}", *cells)
-    console().print(table)
+        show_heat_map(weights.tolist(), labels, f"Attention, layer {layer}, head {head}")
 
 
 def save_png(weights, labels: list[str], path: Path, title: str) -> None:
@@ -245,7 +134,6 @@ def save_png(weights, labels: list[str], path: Path, title: str) -> None:
         plt.close(fig)
 
 
-@app.command()
 def score(
     file: Annotated[Optional[str], typer.Argument(help="A text file; '-' or none reads stdin.")] = None,
     model: ModelOpt = None,
@@ -258,6 +146,7 @@ def score(
     with guarded():
         import math
 
+        from chatgpt_cli.insight import score as score_text
         from chatgpt_cli.tokenizer import Tokenizer
 
         if file in (None, "-"):
@@ -272,8 +161,13 @@ def score(
         ids = tok.encode(text)
         if len(ids) < 2:
             raise UsageError("the text needs at least two tokens to be scored")
-        long_text = len(ids) > loaded.config.n_positions
-        result = run_score(loaded.model, ids, show_progress=sys.stderr.isatty() and long_text)
+        if sys.stderr.isatty() and len(ids) > loaded.config.n_positions:
+            from chatgpt_cli.render import progress_bar
+
+            with progress_bar("scoring", len(ids) - 1) as advance:
+                result = score_text(loaded.model, ids, progress=advance)
+        else:
+            result = score_text(loaded.model, ids)
         if as_json:
             data = {"tokens": len(ids), "scored": result.n_tokens, "mean_loss": result.mean_loss,
                     "perplexity": result.perplexity}
@@ -284,23 +178,18 @@ def score(
             write_out(json.dumps(data, ensure_ascii=False) + "\n")
             return
         if per_token:
-            table = Table(title="Probability of each token given the ones before it")
-            for name in ("#", "token", "id", "prob", "loss (nats)"):
-                table.add_column(name, justify="left" if name == "token" else "right")
-            for n, (i, lp) in enumerate(zip(ids[1:], result.token_logprobs, strict=True), 1):
-                table.add_row(str(n), shown(tok, i), str(i), f"{math.exp(lp):.4f}", f"{-lp:.3f}")
-            console().print(table)
+            from chatgpt_cli.render import print_table, shown
+
+            columns = [(name, "left" if name == "token" else "right") for name in ("#", "token", "id", "prob",
+                                                                                   "loss (nats)")]
+            print_table("Probability of each token given the ones before it", columns, [
+                (str(n), shown(tok, i), str(i), f"{math.exp(lp):.4f}", f"{-lp:.3f}")
+                for n, (i, lp) in enumerate(zip(ids[1:], result.token_logprobs, strict=True), 1)])
         write_out(f"tokens: {len(ids)} ({result.n_tokens} scored)\nmean loss: {result.mean_loss:.4f} nats/token\n"
                   f"perplexity: {result.perplexity:.3f}\n")
 
 
-def run_score(model, ids: list[int], show_progress: bool):
-    from chatgpt_cli.insight import score as score_text
-
-    if not show_progress:
-        return score_text(model, ids)
-    from rich.progress import Progress
-
-    with Progress(console=console(stderr=True), transient=True) as progress:
-        task = progress.add_task("scoring", total=len(ids) - 1)
-        return score_text(model, ids, progress=lambda n: progress.advance(task, n))
+def register(app: typer.Typer) -> None:
+    app.command("next")(next_token)
+    app.command()(attention)
+    app.command()(score)

@@ -35,6 +35,12 @@ def decode_one(model: GPT, token: int, pos: int) -> torch.Tensor:
     return model(idx, torch.tensor([pos], device=device))[0, -1]  # (vocab,)
 
 
+def prompt_room(window: int, max_new_tokens: int) -> int:
+    """How many prompt tokens to keep so that max_new_tokens can follow in the window: the reply gets
+    its room, but never more than half the window (past it, generation re-encodes and goes on)."""
+    return window - min(max_new_tokens, window // 2)
+
+
 @dataclass
 class Stats:
     """What the last request cost; ``tokens_run`` counts every token put through the model."""
@@ -69,6 +75,10 @@ class Engine:
     @property
     def window(self) -> int:
         return self.model.config.n_positions
+
+    def room(self, max_new_tokens: int) -> int:
+        """Prompt tokens that fit before max_new_tokens (see ``prompt_room``)."""
+        return prompt_room(self.window, max_new_tokens)
 
     def fit(self, tokens: list[int]) -> list[int]:
         """The prompt as the model will see it: at least one token, at most the window."""

@@ -1,19 +1,20 @@
 """Looking inside the model: next-token distributions, attention patterns, and the loss of a text.
 
-Pure computations on a loaded model; the command line (cli_inspect.py) renders them.
+Pure computations on a loaded model (and the hook that records generation's distributions);
+the command line (cli_inspect.py, cli_complete.py) renders them with render.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from chatgpt_cli.model import GPT, attention_weights
-from chatgpt_cli.sampling import probabilities
+from chatgpt_cli.sampling import SamplingOptions, probabilities
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,25 @@ def candidates(logits: torch.Tensor, n: int, temperature: float = 1.0, top_k: in
     return [Candidate(int(i), float(v), float(raw[i]), float(sampled[i])) for v, i in pairs]
 
 
+@dataclass
+class StepRecorder:
+    """on_step hook for generation: what each token's distribution looked like."""
+
+    options: SamplingOptions
+    alternatives: int = 0
+    steps: list[tuple[int, float, list[Candidate]]] = field(default_factory=list)  # (picked, its prob, candidates)
+
+    def __call__(self, logits: torch.Tensor, token: int) -> None:
+        o = self.options
+        p = float(probabilities(logits, o.temperature, o.top_k, o.top_p)[token])
+        alts = candidates(logits, self.alternatives, o.temperature, o.top_k, o.top_p) if self.alternatives else []
+        self.steps.append((token, p, alts))
+
+    @property
+    def last_prob(self) -> float:
+        return self.steps[-1][1] if self.steps else 1.0
+
+
 @torch.inference_mode()
 def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
     """Attention weights of every layer and head, (n_layer, n_head, T, T); row i sums to 1 over keys 0..i.
@@ -67,6 +87,13 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
         k = k.view(1, len(ids), nh, C // nh).transpose(1, 2)  # (1, nh, T, hs)
         maps.append(attention_weights(q, k, pos)[0])  # (nh, T, T)
     return torch.stack(maps).cpu()
+
+
+def attention_summary(maps: torch.Tensor) -> list[list[tuple[int, float]]]:
+    """[layer][i] = (the key query i attends most to, its weight), the weights averaged over heads."""
+    mean = maps.mean(dim=1)  # (n_layer, T, T)
+    best = mean.argmax(dim=-1)  # (n_layer, T)
+    return [[(int(j), float(mean[layer, i, j])) for i, j in enumerate(row)] for layer, row in enumerate(best.tolist())]
 
 
 @dataclass(frozen=True)

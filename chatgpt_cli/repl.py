@@ -10,6 +10,7 @@ from typing import TextIO
 from rich.console import Console
 
 from chatgpt_cli.chat import Chat
+from chatgpt_cli.render import prob_style
 
 CONTINUE = "... "
 
@@ -55,10 +56,6 @@ class TerminalOutput:
     def __init__(self, console: Console, label: str, colour_by=None) -> None:
         self.console, self.label, self.colour_by = console, label, colour_by
         self._started = False
-        if colour_by is not None:
-            from chatgpt_cli.cli_inspect import prob_style
-
-            self.prob_style = prob_style
 
     def reply_text(self, text: str) -> None:
         if not self._started:
@@ -66,7 +63,7 @@ class TerminalOutput:
             self._started = True
         recorder = self.colour_by
         if recorder is not None and recorder.steps:
-            self.console.print(text, style=self.prob_style(recorder.last_prob), end="", markup=False,
+            self.console.print(text, style=prob_style(recorder.last_prob), end="", markup=False,
                                highlight=False)
         else:
             sys.stdout.write(text)

@@ -71,7 +71,7 @@ def test_chat_setting_out_of_range_is_a_clear_error(tiny_dir):
 
 
 def test_no_default_model_says_how_to_pass_one(tmp_path, monkeypatch):
-    monkeypatch.setattr("chatgpt_cli.cli.shipped", lambda name: tmp_path)
+    monkeypatch.setattr("chatgpt_cli.cli_plumbing.shipped", lambda name: tmp_path)
     monkeypatch.delenv("CHATGPT_CLI_MODEL", raising=False)
     assert_one_line_error(run("complete", "Hi"), 1, "error: no model given and no default model installed: "
                                                     "pass --model FILE_OR_DIR or set CHATGPT_CLI_MODEL")
