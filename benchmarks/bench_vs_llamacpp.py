@@ -35,7 +35,7 @@ QUANTIZED = {"q8_0": 7, "q4_0": 2}  # llama_ftype: LLAMA_FTYPE_MOSTLY_Q8_0, LLAM
 TINY = (2, 2, 128, 256)  # n_layer, n_head, n_embd, window: for a smoke run
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 PROMPT = "The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers that"
-INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install \'chatgpt-cli[bench]\' (llama-cpp-python, gguf)'
+INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install ".[bench]" in the repository (llama.cpp builds for ~10 min)'
 
 
 class BenchError(Exception):

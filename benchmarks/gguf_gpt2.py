@@ -107,7 +107,9 @@ def gpt2_vocab() -> tuple[list[str], list[int], list[str]]:
     merges = []
     for rank, piece in enumerate(pieces):
         if len(piece) > 1:  # every longer token is the merge of exactly two earlier ones
-            left, right = bpe_split(ranks, piece, rank)
+            splits = [i for i in range(1, len(piece))  # where both halves are earlier tokens
+                      if ranks.get(piece[:i], rank) < rank and ranks.get(piece[i:], rank) < rank]
+            left, right = (piece[:splits[0]], piece[splits[0]:]) if len(splits) == 1 else bpe_split(ranks, piece, rank)
             merges.append(f"{show(left)} {show(right)}")
     return tokens, types, merges
 
