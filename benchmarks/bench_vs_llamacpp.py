@@ -266,9 +266,11 @@ def markdown_table(rows: list[dict], short: int, long: int, prefill: int) -> str
              "|---|---|---|---|---|"]
     for r in rows:
         ours, theirs = r.get("ours") or {}, r.get("llama") or {}
-        name = r["dtype"]
-        if ours.get("precision") and ours["precision"] != name:
-            name += f" ({ours['precision']})"
+        name, precision = r["dtype"], ours.get("precision", "")
+        if precision.startswith(name):
+            name = precision  # "int8 (bfloat16 activations)"
+        elif precision:
+            name += f" ({precision})"  # "auto (bfloat16)"
         elif ours.get("skipped"):
             name += " (not in this engine)"
         lines.append(f"| {name} | {r['gguf']} | " + " | ".join(

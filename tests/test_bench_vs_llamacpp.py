@@ -82,6 +82,9 @@ def test_markdown_table():
             {"dtype": "auto", "gguf": "f16", "ours": {"precision": "bfloat16", "short": 160.0, "long": 150.0,
                                                       "prefill": 3000.0},
              "llama": {"short": 160.0, "long": 120.0, "prefill": 1500.0}},
+            {"dtype": "int8", "gguf": "q8_0", "ours": {"precision": "int8 (bfloat16 activations)", "short": 168.4,
+                                                       "long": 89.0, "prefill": 2908.0},
+             "llama": {"short": 221.0, "long": 171.0, "prefill": 1084.0}},
             {"dtype": "int4", "gguf": "q4_0", "ours": {"skipped": "no int4"},
              "llama": {"short": 285.0, "long": 201.0, "prefill": 1000.0}}]
     assert bench.markdown_table(rows, 8, 800, 512) == "\n".join([
@@ -89,6 +92,7 @@ def test_markdown_table():
         "|---|---|---|---|---|",
         "| float32 | f32 | 43 / 86 = 0.50 | 39.2 / 75 = 0.52 | 849 / 1148 = 0.74 |",
         "| auto (bfloat16) | f16 | 160 / 160 = 1.00 | 150 / 120 = 1.25 | 3000 / 1500 = 2.00 |",
+        "| int8 (bfloat16 activations) | q8_0 | 168 / 221 = 0.76 | 89 / 171 = 0.52 | 2908 / 1084 = 2.68 |",
         "| int4 (not in this engine) | q4_0 | — / 285 | — / 201 | — / 1000 |"])
 
 
