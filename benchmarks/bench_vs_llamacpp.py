@@ -68,7 +68,8 @@ def llama(spec: dict, **kw):
     import llama_cpp
 
     n = spec["threads"]
-    return llama_cpp.Llama(spec["gguf"], n_threads=n, n_threads_batch=n, verbose=False, **kw)
+    return llama_cpp.Llama(spec["gguf"], n_threads=n, n_threads_batch=n, flash_attn=spec.get("flash_attn", False),
+                           verbose=False, **kw)
 
 
 def llama_worker(spec: dict) -> dict:
@@ -292,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="repeats of each measurement (the median is shown)")
     ap.add_argument("--tokens", type=int, default=32, help="tokens decoded per run")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 8 tokens, 1 run")
+    ap.add_argument("--flash-attn", action="store_true",
+                    help="llama.cpp with flash attention (off by default in llama-cpp-python)")
     ap.add_argument("--tolerance", type=float, default=1e-2, help="largest logit difference the GGUF may show")
     ap.add_argument("--workdir", help="keep the model and GGUF files here (default: a temporary directory)")
     ap.add_argument("--json", dest="json_out", help="write every figure to this file")
@@ -307,25 +310,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict:
-    info = machine()
+    import torch
+
+    info = machine() | {"read_bandwidth_gbs": read_bandwidth_gbs(args.threads), "threads": args.threads,
+                        "runs": args.runs, "tokens": args.tokens, "flash_attn": args.flash_attn}
+    print(f"CPU: {info['cpu']} ({info['cores']} cores; {' '.join(info['flags']) or 'none of ' + ' '.join(FLAGS)}), "
+          f"memory read {info['read_bandwidth_gbs']:.1f} GB/s; {args.threads} threads; "
+          + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v), flush=True)
     model = write_random(args.random, work / f"random-{args.random}", args.seed) if args.random else Path(args.model)
     info["model"] = f"random {args.random} (seed {args.seed})" if args.random else str(model)
     wanted = {PAIRS[d] for d in args.dtypes}
     paths, window = gguf_files(model, work, wanted | {"f32"}, args.threads)
-    diff = faithfulness(model, paths["f32"], work, args.threads)
+    info["logit_max_abs_diff"] = diff = faithfulness(model, paths["f32"], work, args.threads)
     print(f"faithfulness: llama.cpp f32 logits vs ours float32, max abs difference {diff:.2e}", flush=True)
     if diff > args.tolerance:
         raise BenchError(f"the GGUF file is not faithful: logits differ by {diff:.2e} (> {args.tolerance:g})")
-    info |= {"logit_max_abs_diff": diff, "threads": args.threads, "runs": args.runs, "tokens": args.tokens,
-             "read_bandwidth_gbs": read_bandwidth_gbs(args.threads)}
-    print(f"CPU: {info['cpu']} ({info['cores']} cores; {' '.join(info['flags']) or 'none of ' + ' '.join(FLAGS)}), "
-          f"memory read {info['read_bandwidth_gbs']:.1f} GB/s; {args.threads} threads; "
-          + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v), flush=True)
-    import torch
-
     ids = torch.randint(0, 50257, (window,), generator=torch.Generator().manual_seed(0)).tolist()  # as measure's
     prefill, long = min(512, window - 1), min(800, int(window * 0.8))
-    common = {"threads": args.threads, "runs": args.runs, "tokens": args.tokens, "prefill": prefill, "long": long}
+    common = {"threads": args.threads, "runs": args.runs, "tokens": args.tokens, "prefill": prefill, "long": long,
+              "flash_attn": args.flash_attn}
     theirs: dict[str, dict] = {}
     rows = []
     for dtype in args.dtypes:
@@ -361,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     title = (f"{result['model']}, batch 1, {args.threads} threads, median of {args.runs}, {result['cpu']}; "
-             f"tok/s, ours / llama.cpp = ratio")
+             f"llama.cpp flash attention {'on' if args.flash_attn else 'off'}; tok/s, ours / llama.cpp = ratio")
     print(f"\n{title}\n\n" + markdown_table(result["rows"], 8, result["long_context"], result["prefill_tokens"]))
     print(f"\n({time.perf_counter() - t0:.0f} s in all)")
     if args.json_out:
