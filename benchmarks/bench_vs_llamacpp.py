@@ -227,9 +227,18 @@ def gguf_files(model: Path, work: Path, wanted: set[str], threads: int) -> tuple
             paths[kind] = work / f"model-{kind}.gguf"
             run_worker("quantize", {"src": str(paths["f16"]), "dst": str(paths[kind]), "type": kind,
                                     "threads": threads})
-            print(f"wrote {paths[kind]} ({paths[kind].stat().st_size / 2**20:.0f} MiB, llama.cpp's quantizer)",
-                  flush=True)
+            print(f"wrote {paths[kind]} ({paths[kind].stat().st_size / 2**20:.0f} MiB, llama.cpp's quantizer: "
+                  f"{tensor_types(paths[kind])})", flush=True)
     return paths, config.n_positions
+
+
+def tensor_types(path: Path) -> str:
+    """What the quantizer made of the blocks and of the unembedding (it keeps some in more bits)."""
+    import gguf
+
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    head = types.get("output.weight", types["token_embd.weight"])
+    return f"blocks {types['blk.0.ffn_up.weight']}, unembedding {head}"
 
 
 def faithfulness(model: Path, f32: Path, work: Path, threads: int) -> float:
