@@ -241,8 +241,8 @@ def tensor_types(path: Path) -> str:
     return f"blocks {types['blk.0.ffn_up.weight']}, unembedding {head}"
 
 
-def faithfulness(model: Path, f32: Path, work: Path, threads: int) -> float:
-    """Max |llama.cpp f32 logit - ours float32| over every position of a short prompt."""
+def faithfulness(model: Path, f32: Path, work: Path, threads: int) -> tuple[float, float]:
+    """Max |llama.cpp f32 logit - ours float32| over every position of a short prompt, and max |logit|."""
     import numpy as np
     import torch
 
@@ -256,7 +256,7 @@ def faithfulness(model: Path, f32: Path, work: Path, threads: int) -> float:
     net = load_model(model, dtype="float32", device="cpu").model
     with torch.inference_mode():
         ours = net(torch.tensor([ids]))[0].float().numpy()
-    return float(np.abs(ours - theirs).max())
+    return float(np.abs(ours - theirs).max()), float(np.abs(ours).max())
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -330,10 +330,13 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     info["model"] = f"random {args.random} (seed {args.seed})" if args.random else str(model)
     wanted = {PAIRS[d] for d in args.dtypes}
     paths, window = gguf_files(model, work, wanted | {"f32"}, args.threads)
-    info["logit_max_abs_diff"] = diff = faithfulness(model, paths["f32"], work, args.threads)
-    print(f"faithfulness: llama.cpp f32 logits vs ours float32, max abs difference {diff:.2e}", flush=True)
+    diff, scale = faithfulness(model, paths["f32"], work, args.threads)
+    info |= {"logit_max_abs_diff": diff, "logit_max_abs": scale}
+    print(f"faithfulness: llama.cpp f32 logits vs ours float32, max abs difference {diff:.2e} "
+          f"(logits up to {scale:.3g} in size)", flush=True)
     if diff > args.tolerance:
-        raise BenchError(f"the GGUF file is not faithful: logits differ by {diff:.2e} (> {args.tolerance:g})")
+        raise BenchError(f"the GGUF file is not faithful: logits differ by up to {diff:.2e}, over --tolerance "
+                         f"{args.tolerance:g} (logits up to {scale:.3g} in size)")
     ids = torch.randint(0, 50257, (window,), generator=torch.Generator().manual_seed(0)).tolist()  # as measure's
     prefill, long = min(512, window - 1), min(800, int(window * 0.8))
     common = {"threads": args.threads, "runs": args.runs, "tokens": args.tokens, "prefill": prefill, "long": long,
