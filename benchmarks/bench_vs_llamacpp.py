@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,115 +28,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_workers import BenchError  # noqa: E402
+
 # ours --dtype -> the llama.cpp file it is compared with
 PAIRS = {"float32": "f32", "bfloat16": "f16", "int8": "q8_0", "auto": "f16", "int4": "q4_0"}
-QUANTIZED = {"q8_0": 7, "q4_0": 2}  # llama_ftype: LLAMA_FTYPE_MOSTLY_Q8_0, LLAMA_FTYPE_MOSTLY_Q4_0
+QUANTIZED = ("q8_0", "q4_0")  # made by llama.cpp's quantizer from the f16 file
+WORKER = ROOT / "benchmarks" / "bench_workers.py"
 TINY = (2, 2, 128, 256)  # n_layer, n_head, n_embd, window: for a smoke run
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 PROMPT = "The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers that"
 INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install ".[bench]" in the repository (llama.cpp builds for ~10 min)'
 
 
-class BenchError(Exception):
-    pass
-
-
-# ---- workers: each runs in a process of its own and prints one JSON line -----------------------
-
-def ours_worker(spec: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    from chatgpt_cli.bench import measure
-    from chatgpt_cli.errors import UsageError
-    from chatgpt_cli.weights import load_model
-
-    try:
-        loaded = load_model(spec["model"], dtype=spec["dtype"], device="cpu")
-    except UsageError as e:  # a precision this engine does not have (yet)
-        return {"skipped": str(e)}
-    r = measure(loaded.model, runs=spec["runs"], new_tokens=spec["tokens"], prefill_len=spec["prefill"],
-                long_context=spec["long"])
-    if (r.prefill_tokens, r.long_context) != (spec["prefill"], spec["long"]):
-        raise BenchError(f"measured {r.prefill_tokens}/{r.long_context} tokens, not {spec['prefill']}/{spec['long']}")
-    return {"precision": loaded.precision, "short": r.decode_tok_s_short, "long": r.decode_tok_s_long,
-            "prefill": r.prefill_tok_s}
-
-
-def llama(spec: dict, **kw):
-    import llama_cpp
-
-    n = spec["threads"]
-    return llama_cpp.Llama(spec["gguf"], n_threads=n, n_threads_batch=n, flash_attn=spec.get("flash_attn", False),
-                           verbose=False, **kw)
-
-
-def llama_worker(spec: dict) -> dict:
-    """The same measurements as chatgpt_cli.bench.measure: only the forward passes are timed."""
-    import llama_cpp
-    import numpy as np
-
-    ids, steps = spec["ids"], spec["tokens"] - 1  # as ours: the last sampled token is not run
-    llm = llama(spec, n_ctx=len(ids), n_batch=512, n_ubatch=512)
-
-    def next_token() -> int:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
-        return int(logits.argmax())
-
-    def decode_rate(prompt: list[int], n: int) -> float:
-        llm.reset()  # a cold cache: eval clears the cache from position 0 on
-        llm.eval(prompt)
-        token, seconds = next_token(), 0.0
-        for _ in range(n):
-            t0 = time.perf_counter()
-            llm.eval([token])
-            seconds += time.perf_counter() - t0
-            token = next_token()
-        return n / seconds
-
-    def prefill_rate() -> float:
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids[:spec["prefill"]])
-        return spec["prefill"] / (time.perf_counter() - t0)
-
-    decode_rate(ids[:8], 4)  # warm up
-    runs = range(spec["runs"])
-    return {"prefill": statistics.median(prefill_rate() for _ in runs),
-            "short": statistics.median(decode_rate(ids[:8], steps) for _ in runs),
-            "long": statistics.median(decode_rate(ids[:spec["long"]], steps) for _ in runs)}
-
-
-def logits_worker(spec: dict) -> dict:
-    import numpy as np
-
-    llm = llama(spec, n_ctx=max(64, len(spec["ids"])), n_batch=512, logits_all=True)
-    llm.eval(spec["ids"])
-    np.save(spec["out"], np.array(llm.scores[:len(spec["ids"])], dtype=np.float32))
-    return {}
-
-
-def quantize_worker(spec: dict) -> dict:
-    import ctypes
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANTIZED[spec["type"]]
-    params.nthread = spec["threads"]
-    if llama_cpp.llama_model_quantize(spec["src"].encode(), spec["dst"].encode(), ctypes.byref(params)) != 0:
-        raise BenchError(f"llama_model_quantize to {spec['type']} failed")
-    return {}
-
-
-WORKERS = {"ours": ours_worker, "llama": llama_worker, "logits": logits_worker, "quantize": quantize_worker}
-
-
 def run_worker(kind: str, spec: dict) -> dict:
+    """Run a measurement in a fresh process (bench_workers.py), its threads set in the environment too."""
     threads = str(spec.get("threads", 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec)], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run([sys.executable, str(WORKER), kind, json.dumps(spec)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0 or not proc.stdout.strip():
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"the {kind} worker failed ({spec.get('dtype') or spec.get('gguf', '')}): {tail}")
@@ -357,9 +265,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        print(json.dumps(WORKERS[sys.argv[2]](json.loads(sys.argv[3]))))
-        return 0
     args = parse_args(argv)
     missing = [pkg for pkg, mod in (("llama-cpp-python", "llama_cpp"), ("gguf", "gguf"))
                if importlib.util.find_spec(mod) is None]
