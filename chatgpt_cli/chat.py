@@ -12,13 +12,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Protocol
 
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
 from chatgpt_cli.generate import prompt_room
-from chatgpt_cli.sampling import SamplingOptions, check_options, make_generator
+from chatgpt_cli.sampling import SamplingOptions, make_generator, parse_logit_bias
 from chatgpt_cli.streaming import TextStream
 from chatgpt_cli.template import Template, load_template
 from chatgpt_cli.tokenizer import EOT, Tokenizer
@@ -28,7 +28,9 @@ HELP = """Commands:
   /help                 this list
   /reset                start over (keeps the system prompt and settings)
   /system TEXT          replace the system prompt (and start over)
-  /set NAME VALUE       temperature, top_k, top_p, max_tokens or seed ("/set seed none" unseeds)
+  /set NAME VALUE       temperature, top_k, top_p, max_tokens, seed ("/set seed none" unseeds),
+                        repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty,
+                        no_repeat_ngram, min_p, logit_bias TOKEN=BIAS ("/set logit_bias none" clears)
   /show                 settings, template and context used
   /retry                sample the last reply again
   /undo                 drop the last exchange
@@ -44,14 +46,26 @@ class Settings:
     top_p: float = 0.95
     max_tokens: int = 120
     seed: int | None = None
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram: int = 0
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
-        check_options(self.temperature, self.top_k, self.top_p, self.seed)
+        object.__setattr__(self, "logit_bias", self.sampling().logit_bias)  # checks them all, and JSON lists -> tuples
         if self.max_tokens < 1:
             raise UsageError(f"max_tokens must be >= 1, not {self.max_tokens}")
 
     def sampling(self) -> SamplingOptions:
-        return SamplingOptions(self.temperature, self.top_k, self.top_p, self.seed)
+        return SamplingOptions(**{f.name: getattr(self, f.name) for f in fields(SamplingOptions)})
+
+
+SETTING_KINDS = {"temperature": float, "top_k": int, "top_p": float, "max_tokens": int, "seed": int,
+                 "repeat_penalty": float, "repeat_last_n": int, "frequency_penalty": float, "presence_penalty": float,
+                 "no_repeat_ngram": int, "min_p": float, "logit_bias": str}
 
 
 @dataclass
@@ -187,11 +201,15 @@ class Chat:
 
     def cmd_set(self, arg: str, out: Output) -> None:
         key, _, value = arg.partition(" ")
-        kinds = {"temperature": float, "top_k": int, "top_p": float, "max_tokens": int, "seed": int}
+        kinds = SETTING_KINDS
         if key not in kinds or not value.strip():
-            raise UsageError("usage: /set temperature|top_k|top_p|max_tokens|seed VALUE")
+            raise UsageError(f"usage: /set {'|'.join(kinds)} VALUE")
         try:
-            parsed = None if key == "seed" and value.strip().lower() == "none" else kinds[key](value)
+            if key == "logit_bias":  # adds one TOKEN=BIAS; none clears them
+                parsed = () if value.strip().lower() == "none" else self.settings.logit_bias + parse_logit_bias(
+                    [value.strip()], self.tokenizer.encode, self.tokenizer.n_vocab)
+            else:
+                parsed = None if key == "seed" and value.strip().lower() == "none" else kinds[key](value)
         except ValueError:
             raise UsageError(f"/set {key}: {value.strip()!r} is not a valid {kinds[key].__name__}") from None
         self.settings = replace(self.settings, **{key: parsed})
@@ -206,6 +224,9 @@ class Chat:
                  f"system: {self.system}\n"
                  f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, "
                  f"max_tokens {s.max_tokens}, seed {s.seed}\n"
+                 f"repeat_penalty {s.repeat_penalty}, repeat_last_n {s.repeat_last_n}, "
+                 f"frequency_penalty {s.frequency_penalty}, presence_penalty {s.presence_penalty}, "
+                 f"no_repeat_ngram {s.no_repeat_ngram}, min_p {s.min_p}, logit_bias {list(s.logit_bias)}\n"
                  f"exchanges: {len(self.turns)} ({len(self.turns) - self.first_in_window} in the window); "
                  f"context used: {used}/{self.engine.window} tokens")
 

@@ -22,7 +22,9 @@ from chatgpt_cli.cli_options import (
 from chatgpt_cli.cli_plumbing import guarded, handle_sigterm, load
 
 
-@sampling_options(temperature=0.7, top_k=40, top_p=0.95)
+# the processors default to the template's [sampling] table, else off
+@sampling_options(temperature=0.7, top_k=40, top_p=0.95, repeat_penalty=None, repeat_last_n=None,
+                  frequency_penalty=None, presence_penalty=None, no_repeat_ngram=None, min_p=None)
 def chat(
     model: ModelOpt = None,
     template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
@@ -38,14 +40,21 @@ def chat(
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
 ) -> None:
-    """Chat with the model: interactive on a terminal; over a pipe, one turn per input line."""
+    """Chat with the model: interactive on a terminal; over a pipe, one turn per input line.
+
+    The repeat, frequency, presence, n-gram and min-p options default to the template's.
+    """
     handle_sigterm()
     with guarded():
         from chatgpt_cli.chat import Chat, Settings
+        from chatgpt_cli.sampling import parse_logit_bias
         from chatgpt_cli.template import load_template
+        from chatgpt_cli.tokenizer import Tokenizer
 
-        settings = Settings(**(sampling or {}), max_tokens=max_tokens, seed=seed)
         tmpl = load_template(template)
+        given = {k: v for k, v in (sampling or {}).items() if v is not None}
+        given["logit_bias"] = parse_logit_bias(given.get("logit_bias", ()), Tokenizer().encode, Tokenizer.n_vocab)
+        settings = Settings(**{**dict(tmpl.sampling), **given}, max_tokens=max_tokens, seed=seed)
         if stop:  # extra stop strings, beside the template's own
             tmpl = replace(tmpl, stop=tmpl.stop + tuple(s for s in stop if s))
         loaded = load(model, dtype, device, verbose)

@@ -11,6 +11,7 @@ import typer
 from chatgpt_cli.cli_options import (
     DeviceOpt,
     DtypeOpt,
+    JsonOpt,
     MaxTokensOpt,
     ModelOpt,
     SeedOpt,
@@ -21,6 +22,8 @@ from chatgpt_cli.cli_options import (
 )
 from chatgpt_cli.cli_plumbing import err, guarded, handle_sigterm, load, prompt_text, write_out
 from chatgpt_cli.errors import UsageError
+
+MAX_SAMPLES = 128
 
 if TYPE_CHECKING:
     from chatgpt_cli.sampling import SamplingOptions
@@ -38,6 +41,12 @@ def complete(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Go on past end-of-text.")] = False,
     show_probs: ShowProbsOpt = False,
     alternatives: Annotated[int, typer.Option(help="After the text, list the N most likely tokens of each step.")] = 0,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help=(
+        "Generate N samples of the prompt together (one prefill, one batch); each is printed when it ends, "
+        "the samples separated by a line ---."))] = 1,
+    as_json: JsonOpt = False,
+    logprobs: Annotated[int, typer.Option("--logprobs", help=(
+        "With --json: each token's log-probability and the K most likely tokens at its step (0..20)."))] = 0,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
@@ -49,31 +58,35 @@ def complete(
             raise UsageError(f"--max-tokens must be >= 0, not {max_tokens}")
         if alternatives < 0:
             raise UsageError(f"--alternatives must be >= 0, not {alternatives}")
-        from chatgpt_cli.sampling import SamplingOptions
+        if not 1 <= num_samples <= MAX_SAMPLES:
+            raise UsageError(f"--num-samples must be in [1, {MAX_SAMPLES}], not {num_samples}")
+        if not 0 <= logprobs <= 20:
+            raise UsageError(f"--logprobs must be in [0, 20], not {logprobs}")
+        if logprobs and not as_json:
+            raise UsageError("--logprobs needs --json")
+        if (show_probs or alternatives) and (num_samples > 1 or as_json):
+            raise UsageError("--show-probs and --alternatives show one streamed sample: not with -N > 1 or --json")
+        from chatgpt_cli.sampling import from_cli
+        from chatgpt_cli.tokenizer import Tokenizer
 
-        options = SamplingOptions(**(sampling or {}), seed=seed)
+        options = from_cli(sampling or {}, Tokenizer().encode, Tokenizer.n_vocab, seed=seed)
         text = prompt_text(prompt)
         loaded = load(model, dtype, device, verbose)
-        run_completion(loaded, text, options, max_tokens=max_tokens, stop=stop or [], ignore_eos=ignore_eos,
-                       verbose=verbose, show_probs=show_probs, alternatives=alternatives)
+        if num_samples == 1 and not as_json:
+            run_completion(loaded, text, options, max_tokens=max_tokens, stop=stop or [], ignore_eos=ignore_eos,
+                           verbose=verbose, show_probs=show_probs, alternatives=alternatives)
+        else:
+            run_samples(loaded, text, options, num_samples, max_tokens=max_tokens, stop=stop or [],
+                        ignore_eos=ignore_eos, verbose=verbose, as_json=as_json, logprobs=logprobs)
 
 
 def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, max_tokens: int,
                    stop: list[str], ignore_eos: bool = False, verbose: bool = False, show_probs: bool = False,
                    alternatives: int = 0) -> None:
     """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal)."""
-    from chatgpt_cli.generate import Engine
     from chatgpt_cli.streaming import TextStream
-    from chatgpt_cli.tokenizer import Tokenizer
 
-    tok = Tokenizer()
-    ids = tok.encode(text)
-    engine = Engine(loaded.model)
-    room = engine.room(max_tokens)
-    if len(ids) > room:
-        err(f"warning: the prompt is {len(ids)} tokens and the model's window is {engine.window}: "
-            f"keeping its last {room} tokens")
-        ids = ids[-room:]
+    tok, engine, ids = prepare(loaded, text, max_tokens)
     stream = TextStream(tok, stop)
     recorder, painter = None, None
     if show_probs or alternatives:
@@ -113,6 +126,48 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         err(f"prompt {s.prompt_tokens} tokens, prefill {s.prefill_tokens / max(s.prefill_seconds, 1e-9):.1f} tok/s; "
             f"first token after {first or 0:.3f}s; {s.decode_tokens + 1 if first else 0} tokens generated, "
             f"decode {s.decode_tok_s:.1f} tok/s")
+
+
+def prepare(loaded: LoadedModel, text: str, max_tokens: int):
+    """The tokenizer, an engine, and the prompt's tokens cut to the window (with a warning)."""
+    from chatgpt_cli.generate import Engine
+    from chatgpt_cli.tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    ids = tok.encode(text)
+    engine = Engine(loaded.model)
+    room = engine.room(max_tokens)
+    if len(ids) > room:
+        err(f"warning: the prompt is {len(ids)} tokens and the model's window is {engine.window}: "
+            f"keeping its last {room} tokens")
+        ids = ids[-room:]
+    return tok, engine, ids
+
+
+def run_samples(loaded: LoadedModel, text: str, options: SamplingOptions, n: int, *, max_tokens: int,
+                stop: list[str], ignore_eos: bool = False, verbose: bool = False, as_json: bool = False,
+                logprobs: int = 0) -> None:
+    """n samples decoded as one batch: each printed as it ends, then a line ---; or one JSON document."""
+    import json
+
+    from chatgpt_cli.completion import Timings, samples
+    from chatgpt_cli.completion import as_json as json_document
+
+    tok, engine, ids = prepare(loaded, text, max_tokens)
+    timings = Timings()
+    found = []
+    for s in samples(engine, tok, ids, options, n, max_tokens, stop, ignore_eos, logprobs, timings):
+        if not as_json:  # each sample on lines of its own, a line --- between two
+            write_out(("---\n" if found else "") + s.text + ("" if s.text.endswith("\n") else "\n"))
+        found.append(s)
+    if as_json:
+        name = str(loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0])
+        write_out(json.dumps(json_document(tok, name, len(engine.fit(ids)), found, timings, logprobs),
+                             ensure_ascii=False) + "\n")
+    if verbose:
+        s = engine.stats
+        err(f"prompt {s.prompt_tokens} tokens; {n} samples; first token after {timings.first_token_s:.3f}s; "
+            f"{s.decode_tokens} tokens decoded in batch, {s.decode_tok_s:.1f} tok/s")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,16 +30,18 @@ def next_token(
     """The next-token distribution after TEXT: token, id, logit, probability, cumulative."""
     with guarded():
         from chatgpt_cli.insight import candidates, next_token_logits
-        from chatgpt_cli.sampling import SamplingOptions
+        from chatgpt_cli.sampling import adjust, from_cli
         from chatgpt_cli.tokenizer import EOT, Tokenizer
 
-        o = SamplingOptions(**(sampling or {}))
+        tok = Tokenizer()
+        o = from_cli(sampling or {}, tok.encode, tok.n_vocab)
         if top < 1:
             raise UsageError(f"--top must be >= 1, not {top}")
         loaded = load(model, dtype, device, verbose=False)
-        tok = Tokenizer()
         ids = tok.encode(prompt_text(text)) or [EOT]
-        cands = candidates(next_token_logits(loaded.model, ids), top, o.temperature, o.top_k, o.top_p)
+        logits = next_token_logits(loaded.model, ids)[:tok.n_vocab]
+        cands = candidates(logits, top, o.temperature, o.top_k, o.top_p, o.min_p,
+                           adjusted=adjust(logits, ids[-loaded.config.n_positions:], o))
         rows, cumulative = [], 0.0
         for c in cands:
             cumulative += c.prob

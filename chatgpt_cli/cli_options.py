@@ -36,15 +36,34 @@ SAMPLING: dict[str, Any] = {
     "top_k": Annotated[int, typer.Option("--top-k", "-k", help="Sample from the k most likely tokens (0 = off).")],
     "top_p": Annotated[float, typer.Option("--top-p", help="Sample from the smallest set with this much "
                                                            "probability (1 = off).")],
+    "repeat_penalty": Annotated[float, typer.Option("--repeat-penalty", help=(
+        "Divide the positive logits of recently seen tokens by this (multiply the negative ones); 1 = off."))],
+    "repeat_last_n": Annotated[int, typer.Option("--repeat-last-n", help=(
+        "How many recent tokens the repeat, frequency and presence penalties look at (-1 = all, 0 = off)."))],
+    "frequency_penalty": Annotated[float, typer.Option("--frequency-penalty", help=(
+        "Subtract this times a token's count in that window from its logit (-2..2; 0 = off)."))],
+    "presence_penalty": Annotated[float, typer.Option("--presence-penalty", help=(
+        "Subtract this from the logit of every token in that window (-2..2; 0 = off)."))],
+    "no_repeat_ngram": Annotated[int, typer.Option("--no-repeat-ngram", help=(
+        "Never repeat an n-gram of this size from the context (0 = off)."))],
+    "min_p": Annotated[float, typer.Option("--min-p", help=(
+        "Drop tokens less likely than this times the most likely one (0 = off)."))],
+    "logit_bias": Annotated[Optional[list[str]], typer.Option("--logit-bias", help=(
+        "TOKEN=BIAS, repeatable: add BIAS to a token's logit (TOKEN an id or a one-token text; "
+        "BIAS -100..100, or -inf / ban)."))],
 }
+# What a command gets for the options it does not set a default for: each processor off.
+OFF: dict[str, Any] = {"repeat_penalty": 1.0, "repeat_last_n": 64, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                       "no_repeat_ngram": 0, "min_p": 0.0, "logit_bias": None}
 
 
 def sampling_options(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the sampling group in place of its ``sampling`` parameter.
 
-    ``defaults`` sets each option's default (all of them must be given); the command is called
-    with ``sampling={name: value, ...}``.
+    ``defaults`` sets the options' defaults (temperature, top_k and top_p must be given; the others
+    are off unless set); the command is called with ``sampling={name: value, ...}``.
     """
+    defaults = {**OFF, **defaults}
     if set(defaults) != set(SAMPLING):
         raise TypeError(f"sampling_options needs defaults for exactly {', '.join(SAMPLING)}")
 

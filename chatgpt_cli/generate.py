@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
-from chatgpt_cli.model import GPT
-from chatgpt_cli.sampling import SamplingOptions, make_generator, sample
-from chatgpt_cli.tokenizer import EOT
+from chatgpt_cli.model import GPT, KVCache
+from chatgpt_cli.sampling import SamplingOptions, adjust, draw, make_generator
+from chatgpt_cli.tokenizer import EOT, Tokenizer
 
 
 def prefill(model: GPT, tokens: list[int], start: int) -> torch.Tensor:
@@ -71,6 +71,8 @@ class Engine:
         self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
         self.decode: Callable[[int, int], torch.Tensor] = (
             GraphDecoder(self.model) if graph else functools.partial(decode_one, self.model))
+        # a padded vocabulary (nanoGPT rounds it up to a multiple of 64) has rows no token is behind
+        self.n_vocab = min(self.model.config.vocab_size, Tokenizer.n_vocab)
 
     @property
     def window(self) -> int:
@@ -99,6 +101,11 @@ class Engine:
         self.stats.prefill_seconds += time.perf_counter() - t0
         return logits
 
+    def _own_caches(self) -> None:
+        self.stats = Stats()
+        for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
+            block.attn.kv_cache = cache  # another engine on the same model may have put in its own
+
     def _count(self, n: int) -> None:
         self.stats.tokens_run += n
         self.total_tokens_run += n
@@ -109,20 +116,20 @@ class Engine:
                  on_step: Callable[[torch.Tensor, int], None] | None = None) -> Iterator[int]:
         """Yield up to max_new_tokens sampled ids. End-of-text is yielded, then ends the stream.
 
-        ``on_step(logits, token)``, if given, sees the logits each token was sampled from.
+        ``on_step(logits, token)``, if given, sees the logits each token was sampled from (after
+        ``sampling.adjust``: the penalties and biases).
 
         Past the window, the most recent half of the sequence is encoded again (GPT-2's positions
         are absolute, so the cache cannot be shifted) and generation goes on.
         """
-        self.stats = Stats()
-        for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
-            block.attn.kv_cache = cache  # another engine on the same model may have put in its own
+        self._own_caches()
         generator = generator if generator is not None else make_generator(options.seed)
         tokens = self.fit(prompt)
         self.stats.prompt_tokens = len(tokens)
         logits = self._feed(tokens)
         for i in range(max_new_tokens):
-            token = sample(logits, options, generator)
+            logits = adjust(logits[..., :self.n_vocab], tokens, options)
+            token = draw(logits, options, generator)
             if on_step is not None:
                 on_step(logits, token)
             yield token
@@ -139,3 +146,85 @@ class Engine:
             self._count(1)
             self.stats.decode_tokens += 1
             self.stats.decode_seconds += time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def generate_batch(self, prompt: list[int], max_new_tokens: int, options: SamplingOptions, n: int,
+                       stop_at_eot: bool = True, ended: set[int] | None = None,
+                       on_step: Callable[[int, torch.Tensor, int], None] | None = None,
+                       ) -> Iterator[dict[int, int]]:
+        """n independent samples of one prompt, decoded together: yield {row: token} at each step.
+
+        One prefill (reusing this engine's cache), then the keys and values widened to n rows and
+        one batched forward pass per step. A row ends on end-of-text (yielded), after max_new_tokens,
+        or when the caller adds it to ``ended`` (a stop string); ended rows leave the batch. Row i
+        draws from its own generator, seeded seed + i. ``on_step(row, raw_logits, token)`` sees each
+        row's unadjusted logits (for log-probabilities).
+        """
+        self._own_caches()
+        ended = ended if ended is not None else set()
+        seeds = [None if options.seed is None else (options.seed + i) % 2**63 for i in range(n)]
+        generators = [make_generator(s) for s in seeds]
+        tokens = self.fit(prompt)
+        self.stats.prompt_tokens = len(tokens)
+        first = self._feed(tokens)[None, :]  # (1, vocab)
+        rows = list(range(n))  # the rows still in the batch
+        seqs = [list(tokens) for _ in range(n)]
+        logits = first.expand(n, -1)  # (n, vocab)
+        length = len(tokens)
+        try:
+            self._widen(n, length)
+            for step in range(max_new_tokens):
+                out: dict[int, int] = {}
+                for r, row_logits in zip(rows, logits, strict=True):
+                    raw = row_logits[:self.n_vocab]
+                    token = draw(adjust(raw, seqs[r], options), options, generators[r])
+                    if on_step is not None:
+                        on_step(r, raw, token)
+                    out[r] = token
+                    seqs[r].append(token)
+                yield out
+                if step == max_new_tokens - 1:
+                    return
+                keep = [i for i, r in enumerate(rows) if r not in ended and not (out[r] == EOT and stop_at_eot)]
+                if not keep:
+                    return
+                if len(keep) < len(rows):
+                    self._narrow(keep)
+                    rows = [rows[i] for i in keep]
+                t0 = time.perf_counter()
+                if length >= self.window:  # every row is as long as the others: re-encode them together
+                    self.stats.reencodes += 1
+                    recent = [seqs[r][-(self.window // 2):] for r in rows]
+                    logits, length = self._run(recent, 0, last_only=True), len(recent[0])
+                else:
+                    logits = self._run([[seqs[r][-1]] for r in rows], length)
+                    length += 1
+                self._count(len(rows))
+                self.stats.decode_tokens += len(rows)
+                self.stats.decode_seconds += time.perf_counter() - t0
+        finally:
+            for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
+                block.attn.kv_cache = cache
+
+    def _run(self, idx: list[list[int]], start: int, last_only: bool = False) -> torch.Tensor:
+        """Tokens (rows, T) at positions start.. through the batch caches; each row's next-token logits."""
+        device = self.model.transformer.wte.weight.device
+        x = torch.tensor(idx, dtype=torch.long, device=device)
+        pos = torch.arange(start, start + x.shape[1], device=device)
+        return self.model(x, pos, last_only=last_only)[:, -1]  # (rows, vocab)
+
+    def _widen(self, n: int, length: int) -> None:
+        """Caches of n rows, each starting as a copy of this engine's first ``length`` positions."""
+        c, w = self.model.config, self.model.transformer.wte.weight
+        for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
+            wide = KVCache(n, c.n_head, self.window, c.head_dim, w.dtype, w.device)
+            wide.k_cache[:, :, :length] = cache.k_cache[:, :, :length]
+            wide.v_cache[:, :, :length] = cache.v_cache[:, :, :length]
+            block.attn.kv_cache = wide
+
+    def _narrow(self, keep: list[int]) -> None:
+        """Drop the rows that have ended from the batch caches."""
+        index = torch.tensor(keep, device=self.model.transformer.wte.weight.device)
+        for block in self.model.transformer.h:
+            cache = block.attn.kv_cache
+            cache.k_cache, cache.v_cache = cache.k_cache[index], cache.v_cache[index]

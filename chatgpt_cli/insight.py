@@ -33,11 +33,12 @@ def next_token_logits(model: GPT, ids: list[int]) -> torch.Tensor:
     return model(idx, last_only=True)[0, -1].float().cpu()
 
 
-def candidates(logits: torch.Tensor, n: int, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0) -> list[Candidate]:
-    """The n most likely next tokens (by raw logit) with raw and sampling probabilities."""
+def candidates(logits: torch.Tensor, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               min_p: float = 0.0, adjusted: torch.Tensor | None = None) -> list[Candidate]:
+    """The n most likely next tokens (by raw logit) with raw and sampling probabilities; the latter
+    from ``adjusted`` (the logits after sampling.adjust) when given."""
     raw = torch.softmax(logits.float(), dim=-1)
-    sampled = probabilities(logits, temperature, top_k, top_p)
+    sampled = probabilities(logits if adjusted is None else adjusted, temperature, top_k, top_p, min_p)
     top = torch.topk(logits, min(n, logits.shape[-1]))
     pairs = zip(top.values, top.indices, strict=True)
     return [Candidate(int(i), float(v), float(raw[i]), float(sampled[i])) for v, i in pairs]
@@ -52,9 +53,10 @@ class StepRecorder:
     steps: list[tuple[int, float, list[Candidate]]] = field(default_factory=list)  # (picked, its prob, candidates)
 
     def __call__(self, logits: torch.Tensor, token: int) -> None:
-        o = self.options
-        p = float(probabilities(logits, o.temperature, o.top_k, o.top_p)[token])
-        alts = candidates(logits, self.alternatives, o.temperature, o.top_k, o.top_p) if self.alternatives else []
+        o = self.options  # the logits come after sampling.adjust
+        p = float(probabilities(logits, o.temperature, o.top_k, o.top_p, o.min_p)[token])
+        alts = candidates(logits, self.alternatives, o.temperature, o.top_k, o.top_p, o.min_p) \
+            if self.alternatives else []
         self.steps.append((token, p, alts))
 
     @property

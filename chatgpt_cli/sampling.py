@@ -1,13 +1,19 @@
-"""Choosing the next token from the unembedding logits: a few small pure functions.
+"""Choosing the next token from the unembedding logits: a few small pure functions, in one order.
 
-    logits --(/ temperature)--> --(top-k)--> --(top-p)--> softmax --> draw one token
+    raw logits, the sequence so far
+      --(repeat penalty)--> --(frequency / presence penalty)--> --(no-repeat n-gram)--> --(logit bias)-->
+      --(/ temperature)--> --(top-k)--> --(top-p)--> --(min-p)--> softmax --> draw one token
 
-Temperature 0 means greedy (argmax). Inputs are never modified. Draws use a CPU generator, so
-the same seed and options give the same tokens on any machine.
+The first four (``adjust``) change the raw logits from what the sequence holds; the rest shape
+the distribution drawn from (``probabilities``). Temperature 0 means greedy: the argmax of the
+adjusted logits. Every step is off by default. Inputs are never modified. Draws use a CPU
+generator, so the same seed and options give the same tokens on any machine.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +27,25 @@ class SamplingOptions:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     seed: int | None = None
+    repeat_penalty: float = 1.0  # 1.0 = off
+    repeat_last_n: int = 64  # the window of recent tokens the penalties look at; -1 = all, 0 = off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -inf bans the token
 
     def __post_init__(self) -> None:
         check_options(self.temperature, self.top_k, self.top_p, self.seed)
+        check_processors(self.repeat_penalty, self.repeat_last_n, self.frequency_penalty, self.presence_penalty,
+                         self.no_repeat_ngram, self.min_p)
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether any step of ``adjust`` is on."""
+        return bool(self.logit_bias or self.no_repeat_ngram or (self.repeat_last_n and (
+            self.repeat_penalty != 1.0 or self.frequency_penalty or self.presence_penalty)))
 
 
 def check_options(temperature: float, top_k: int, top_p: float, seed: int | None = None) -> None:
@@ -37,6 +59,117 @@ def check_options(temperature: float, top_k: int, top_p: float, seed: int | None
         raise UsageError(f"seed must be between 0 and 2**63-1, not {seed}")
 
 
+def check_processors(repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
+                     no_repeat_ngram: int, min_p: float) -> None:
+    if not 0 < repeat_penalty < math.inf:
+        raise UsageError(f"repeat-penalty must be a number > 0 (1 = off), not {repeat_penalty}")
+    if repeat_last_n < -1:
+        raise UsageError(f"repeat-last-n must be >= -1 (-1 = the whole context, 0 = off), not {repeat_last_n}")
+    for name, value in (("frequency-penalty", frequency_penalty), ("presence-penalty", presence_penalty)):
+        if not -2 <= value <= 2:
+            raise UsageError(f"{name} must be in [-2, 2] (0 = off), not {value}")
+    if no_repeat_ngram < 0:
+        raise UsageError(f"no-repeat-ngram must be >= 0 (0 = off), not {no_repeat_ngram}")
+    if not 0 <= min_p <= 1:
+        raise UsageError(f"min-p must be in [0, 1] (0 = off), not {min_p}")
+
+
+def parse_logit_bias(specs: Sequence[str], encode, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """'TOKEN=BIAS' items: TOKEN a token id or a text that is exactly one token; BIAS a number, or
+    -inf / ban to remove the token."""
+    out = []
+    for spec in specs:
+        token, sep, value = spec.rpartition("=")
+        if not sep or not token:
+            raise UsageError(f"logit-bias {spec!r}: write TOKEN=BIAS (TOKEN an id or a one-token text)")
+        if token.isdigit():
+            tid = int(token)
+        else:
+            ids = encode(token)
+            if len(ids) != 1:
+                raise UsageError(f"logit-bias {spec!r}: {token!r} is {len(ids)} tokens, not one; give its id")
+            tid = ids[0]
+        if not 0 <= tid < n_vocab:
+            raise UsageError(f"logit-bias {spec!r}: token id must be in [0, {n_vocab - 1}]")
+        v = value.strip().lower()
+        try:
+            bias = -math.inf if v in ("ban", "-inf") else float(v)
+        except ValueError:
+            bias = math.nan
+        if not (bias == -math.inf or -100 <= bias <= 100):
+            raise UsageError(f"logit-bias {spec!r}: BIAS must be in [-100, 100], or -inf / ban")
+        out.append((tid, bias))
+    return tuple(out)
+
+
+def from_cli(values: dict, encode, n_vocab: int, **extra) -> SamplingOptions:
+    """SamplingOptions from the command line's sampling group (``--logit-bias`` as TOKEN=BIAS texts)."""
+    values = {**values, **extra}
+    values["logit_bias"] = parse_logit_bias(values.get("logit_bias") or (), encode, n_vocab)
+    return SamplingOptions(**values)
+
+
+# --- the raw-logit stage: the sequence so far changes the logits --------------------------------
+def recent(history: Sequence[int], last_n: int) -> list[int]:
+    """The tokens the penalties look at: the last last_n (-1: all, 0: none)."""
+    if last_n == 0:
+        return []
+    return list(history) if last_n < 0 else list(history[-last_n:])
+
+
+def repetition_penalty(logits: torch.Tensor, history: Sequence[int], penalty: float) -> torch.Tensor:
+    """Tokens seen in history: a positive logit divided by penalty, a negative one multiplied
+    (transformers' RepetitionPenaltyLogitsProcessor, CTRL's rule)."""
+    if penalty == 1.0 or not history:
+        return logits
+    seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
+    score = logits[..., seen]
+    return logits.index_copy(-1, seen, torch.where(score < 0, score * penalty, score / penalty))
+
+
+def frequency_presence_penalty(logits: torch.Tensor, history: Sequence[int], frequency: float,
+                               presence: float) -> torch.Tensor:
+    """OpenAI's penalties: logit[j] - count[j] * frequency - (count[j] > 0) * presence."""
+    if (frequency == 0 and presence == 0) or not history:
+        return logits
+    counts = torch.bincount(torch.tensor(list(history), dtype=torch.long), minlength=logits.shape[-1])
+    counts = counts[:logits.shape[-1]].to(logits.device, logits.dtype)
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
+
+
+def no_repeat_ngram(logits: torch.Tensor, history: Sequence[int], n: int) -> torch.Tensor:
+    """Ban every token that would repeat an n-gram already in history (transformers'
+    NoRepeatNGramLogitsProcessor)."""
+    if n <= 0 or len(history) < n:  # no n-gram yet
+        return logits
+    h = torch.tensor(list(history), dtype=torch.long)
+    grams = h.unfold(0, n, 1)  # (L-n+1, n): every n-gram so far
+    match = (grams[:, :-1] == h[len(h) - (n - 1):]).all(dim=1)  # its first n-1 tokens are the last n-1
+    banned = grams[match, -1].to(logits.device)
+    return logits.index_fill(-1, banned, float("-inf")) if len(banned) else logits
+
+
+def logit_bias(logits: torch.Tensor, bias: Sequence[tuple[int, float]]) -> torch.Tensor:
+    """Add each (token, bias); a bias of -inf removes the token."""
+    if not bias:
+        return logits
+    ids = torch.tensor([t for t, _ in bias], dtype=torch.long, device=logits.device)
+    values = torch.tensor([b for _, b in bias], dtype=logits.dtype, device=logits.device)
+    return logits.index_add(-1, ids, values)
+
+
+def adjust(logits: torch.Tensor, history: Sequence[int], o: SamplingOptions) -> torch.Tensor:
+    """The raw-logit stage, in order: repeat penalty, frequency/presence penalty, no-repeat n-gram, bias."""
+    if not o.adjusts:
+        return logits
+    window = recent(history, o.repeat_last_n)
+    logits = repetition_penalty(logits, window, o.repeat_penalty)
+    logits = frequency_presence_penalty(logits, window, o.frequency_penalty, o.presence_penalty)
+    logits = no_repeat_ngram(logits, history, o.no_repeat_ngram)
+    return logit_bias(logits, o.logit_bias)
+
+
+# --- the distribution stage ---------------------------------------------------------------------
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
     return logits / temperature
@@ -61,20 +194,36 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the most likely token's (that one stays)."""
+    if min_p <= 0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    drop = probs < min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                  min_p: float = 0.0) -> torch.Tensor:
     """The distribution the next token is drawn from (float32, on the CPU)."""
     logits = logits.detach().float().cpu()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(min_p_filter(logits, min_p), dim=-1)
 
 
-def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> int:
-    """One token id from a (vocab,) row of logits."""
+def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
+           history: Sequence[int] = ()) -> int:
+    """One token id from a (vocab,) row of logits, given the sequence so far."""
+    return draw(adjust(logits, history, options), options, generator)
+
+
+def draw(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> int:
+    """One token id from a (vocab,) row of logits already through ``adjust``."""
     if options.temperature == 0:
         return int(logits.argmax(-1))
-    probs = probabilities(logits, options.temperature, options.top_k, options.top_p)
+    probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -7,6 +7,7 @@ A template is a small TOML file in prompts/ (see prompts/default.toml):
     assistant_prefix "AI Assistant:"           the model writes the reply after this
     reply_format     "AI Assistant: {reply}\\n" each finished reply, as kept in the transcript
     stop             ["\\nUser:"]              where a reply ends (never printed)
+    [sampling]       repeat_penalty = 1.1      chat's defaults for the logit processors (optional)
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import tomllib
 from chatgpt_cli.errors import UsageError
 from chatgpt_cli.resources import shipped
 
+TEMPLATE_SAMPLING = ("repeat_penalty", "repeat_last_n", "frequency_penalty", "presence_penalty", "no_repeat_ngram",
+                     "min_p")
+
 
 @dataclass(frozen=True)
 class Template:
@@ -30,6 +34,7 @@ class Template:
     assistant_prefix: str
     reply_format: str
     stop: tuple[str, ...]
+    sampling: tuple[tuple[str, float], ...] = ()  # (name, value): defaults for the chat's processors
 
     def render_system(self, system: str) -> str:
         return self.system_format.replace("{system}", system)
@@ -68,7 +73,11 @@ def load_template(name_or_path: str) -> Template:
         raise UsageError(f"template {path}: user_format needs {{message}} and reply_format {{reply}}")
     if not data["reply_format"].startswith(data["assistant_prefix"]):
         raise UsageError(f"template {path}: reply_format must start with assistant_prefix")
+    sampling = data.get("sampling", {})
+    if not (isinstance(sampling, dict) and set(sampling) <= set(TEMPLATE_SAMPLING)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sampling.values())):
+        raise UsageError(f"template {path}: [sampling] takes numbers for {', '.join(TEMPLATE_SAMPLING)}")
     return Template(name=path.stem, description=str(data.get("description", "")), system=data["system"],
                     system_format=data["system_format"], user_format=data["user_format"],
                     assistant_prefix=data["assistant_prefix"], reply_format=data["reply_format"],
-                    stop=tuple(stop))
+                    stop=tuple(stop), sampling=tuple(sampling.items()))

@@ -88,7 +88,7 @@ def test_every_command(tmp_path):
     assert "temperature 0.7, top_k 40, top_p 0.95, max_tokens 120, seed None" in err
     assert chat.settings == Settings(0.2, 5, 0.5, 50, 9)
     assert f"(saved 1 exchange(s) to {f})" in err and f"(loaded 1 exchange(s) from {f})" in err
-    assert "error: usage: /set temperature|top_k|top_p|max_tokens|seed VALUE" in err
+    assert "error: usage: /set temperature|top_k|top_p|max_tokens|seed|repeat_penalty|" in err
     assert "error: /set top_k: 'x' is not a valid int" in err
     assert "error: unknown command /frobnicate; /help lists them" in err
     assert chat.system == "Be terse." and [t.reply for t in chat.turns] == ["three"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from chatgpt_cli.cli_options import sampling_options
+from chatgpt_cli.cli_options import OFF, SAMPLING, sampling_options
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chatgpt_cli"
 
@@ -76,6 +76,8 @@ def test_the_sampling_group_is_one_definition_passed_as_one_dict():
     def cmd(name: str = "x", sampling: dict | None = None, last: int = 0) -> None:
         seen.update(sampling, name=name, last=last)
 
-    r = CliRunner().invoke(app, ["--top-k", "7", "-t", "0", "--last", "2"])
+    r = CliRunner().invoke(app, ["--top-k", "7", "-t", "0", "--last", "2", "--min-p", "0.1"])
     assert r.exit_code == 0, r.output
-    assert seen == {"temperature": 0.0, "top_k": 7, "top_p": 0.9, "name": "x", "last": 2}
+    assert seen == {"temperature": 0.0, "top_k": 7, "top_p": 0.9, "name": "x", "last": 2, "min_p": 0.1,
+                    **{k: v for k, v in OFF.items() if k != "min_p"}}
+    assert set(seen) == set(SAMPLING) | {"name", "last"}
