@@ -16,7 +16,7 @@ import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
 from chatgpt_cli.model import GPT, KVCache
-from chatgpt_cli.sampling import SamplingOptions, adjust, draw, make_generator
+from chatgpt_cli.sampling import SamplingOptions, adjust, draw, draw_rows, make_generator
 from chatgpt_cli.tokenizer import EOT, Tokenizer
 
 
@@ -174,14 +174,14 @@ class Engine:
         try:
             self._widen(n, length)
             for step in range(max_new_tokens):
-                out: dict[int, int] = {}
-                for r, row_logits in zip(rows, logits, strict=True):
-                    raw = row_logits[:self.n_vocab]
-                    token = draw(adjust(raw, seqs[r], options), options, generators[r])
+                raw = logits[:, :self.n_vocab]
+                adjusted = torch.stack([adjust(row, seqs[r], options) for r, row in zip(rows, raw, strict=True)]) \
+                    if options.adjusts else raw
+                out = dict(zip(rows, draw_rows(adjusted, options, [generators[r] for r in rows]), strict=True))
+                for i, r in enumerate(rows):
+                    seqs[r].append(out[r])
                     if on_step is not None:
-                        on_step(r, raw, token)
-                    out[r] = token
-                    seqs[r].append(token)
+                        on_step(r, raw[i], out[r])
                 yield out
                 if step == max_new_tokens - 1:
                     return

@@ -227,6 +227,15 @@ def draw(logits: torch.Tensor, options: SamplingOptions, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def draw_rows(logits: torch.Tensor, options: SamplingOptions, generators: Sequence[torch.Generator]) -> list[int]:
+    """One token id per row of (rows, vocab) adjusted logits, row i drawn with generators[i]; the
+    distribution of all rows computed at once."""
+    if options.temperature == 0:
+        return logits.argmax(-1).tolist()
+    probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
+    return [int(torch.multinomial(row, 1, generator=g)) for row, g in zip(probs, generators, strict=True)]
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator: seeded for reproducible runs, else from the OS's entropy."""
     gen = torch.Generator(device="cpu")
