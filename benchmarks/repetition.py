@@ -40,11 +40,11 @@ SYSTEM = "What follows is an interaction between a user and a helpful AI assista
 PROMPTS = STORIES + [f"{SYSTEM}User: {q}\nAI Assistant:" for q in QUESTIONS]  # 25
 CONFIGS = {  # name -> processor settings
     "none": {},
-    "--repeat-penalty 1.1": {"repeat_penalty": 1.1},
     "--repeat-penalty 1.2": {"repeat_penalty": 1.2},
+    "--repeat-penalty 1.1": {"repeat_penalty": 1.1},
     "--frequency-penalty 0.5": {"frequency_penalty": 0.5},
 }
-TEMPERATURES = (0.3, 0.7)
+TEMPERATURES = (0.7, 0.3)
 
 
 def loops(tokens: list[int], n: int = 4, times: int = 3) -> bool:
@@ -89,12 +89,12 @@ def main() -> None:
     print(f"(a) share of {len(PROMPTS) * 8} completions ({args.tokens} tokens at most, top-k 40, top-p 0.95) "
           "that repeat a 4-gram 3 times")
     print("and the share of the 96 chat replies among them that end by themselves (stop string or end-of-text)")
-    print(f"| processors | {' | '.join(f'loops, t = {t} | replies end, t = {t}' for t in TEMPERATURES)} |")
-    print(f"|---|{'---|---|' * len(TEMPERATURES)}")
-    for name, settings in CONFIGS.items():
-        cells = [f"{a:.1%} | {b:.0%}" for a, b in (share_looping(engine, tok, settings, t, args.tokens)
-                                                   for t in TEMPERATURES)]
-        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+    print("| temperature | processors | completions that loop | chat replies that end |", flush=True)
+    print("|---|---|---|---|")
+    for t in TEMPERATURES:
+        for name, settings in CONFIGS.items():
+            loop_share, ended = share_looping(engine, tok, settings, t, args.tokens)
+            print(f"| {t} | {name} | {loop_share:.1%} | {ended:.0%} |", flush=True)
     if not args.no_timing:
         one, eight = batch_cost(engine, tok, 1, 64), batch_cost(engine, tok, 8, 64)
         print(f"(b) 64 tokens: -N 1 {one:.3f} s, -N 8 {eight:.3f} s: -N 8 costs {eight / one:.2f}x -N 1 "
