@@ -306,3 +306,15 @@ def auto_dtype(stored: torch.dtype, device: torch.device) -> str:
     if device.type == "cpu":
         return "bfloat16" if native_bf16(device) else "float32"
     return "float32" if stored == torch.float64 else str(stored).removeprefix("torch.")
+
+
+def warm_up() -> None:
+    """Run every kernel once on tiny inputs: compiled on a machine's first run (a few seconds),
+    loaded from numba's disk cache after that."""
+    with torch.inference_mode():
+        for kind in (Float32Linear, BFloat16Linear, Int8Linear, Int4Linear):
+            for gelu in (False, True):
+                kind(torch.randn(4, GROUP), None, gelu)(torch.randn(1, GROUP))
+        for dtype in (torch.float32, torch.bfloat16):
+            q = torch.randn(1, 1, 1, 4)
+            FusedKVCache(1, 1, 2, 4, dtype).attend(q, q, q, torch.tensor([0]))
