@@ -43,7 +43,8 @@ def info(model: ModelOpt = None, dtype: DtypeOpt = "auto", device: DeviceOpt = "
                 ("context window (n_positions)", str(c.n_positions)), ("vocabulary (vocab_size)", str(c.vocab_size)),
                 ("layer_norm_epsilon", str(c.layer_norm_epsilon)),
                 ("unembedding", "tied to wte" if loaded.model.tied else "own lm_head.weight"),
-                ("dtype", loaded.precision), ("kernels", loaded.scheme.kernels), ("device", str(loaded.device))]
+                ("dtype", loaded.precision), ("kernels", loaded.scheme.kernels),
+                ("quality", loaded.scheme.quality), ("device", str(loaded.device))]
         width = max(len(k) for k, _ in rows)
         write_out("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
 

@@ -219,6 +219,7 @@ class Scheme:
     cache: type[KVCache] = KVCache
     cache_dtype: torch.dtype | None = None
     kernels: str = "torch"
+    quality: str = "exact (float32)"  # against float32, as ``info`` reports it
 
     @property
     def precision(self) -> str:
@@ -264,6 +265,14 @@ def int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = F
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = "auto, float32, bfloat16, float16, int8 or int4"
+# Loss against float32 on the bundled model's test text (tests/test_precision.py bounds them)
+QUALITY = {"float32": "exact (float32)",
+           "bfloat16": "loss +0.002 nats/token against float32 (bundled model, a chat text)",
+           "float16": "float16 weights (not measured against float32 here)",
+           "int8": "loss +0.0005 nats/token against float32, top-1 token the same at 98% of positions "
+                   "(bundled model, a chat text)",
+           "int4": "loss +0.03 nats/token against float32, top-1 token the same at 93% of positions "
+                   "(bundled model, a chat text); weights in groups of 32, unembedding int8"}
 CPU_KERNELS = "numba matrix-vector + fused attention (decode), oneDNN (prefill)"
 
 
@@ -275,19 +284,21 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
     cpu = device.type == "cpu" and fast
     if dtype in ("int8", "int4"):
         linear = Int8Linear if dtype == "int8" else int4_or_int8
+        quality = QUALITY[dtype]
         if cpu:
             return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.bfloat16,
-                          f"{dtype} {CPU_KERNELS}")
-        return Scheme(dtype, torch.bfloat16, torch.bfloat16, linear, Int8Linear, kernels="torch (weights widened)")
+                          f"{dtype} {CPU_KERNELS}", quality)
+        return Scheme(dtype, torch.bfloat16, torch.bfloat16, linear, Int8Linear, kernels="torch (weights widened)",
+                      quality=quality)
     target = DTYPES[dtype]
     if cpu and target == torch.float32:
         return Scheme("float32", target, target, Float32Linear, Float32Linear, FusedKVCache, torch.float32,
                       f"float32 {CPU_KERNELS}")
     if cpu and target == torch.bfloat16:
         return Scheme("bfloat16", target, torch.float32, BFloat16Linear, BFloat16Linear, FusedKVCache,
-                      torch.bfloat16, f"bfloat16 {CPU_KERNELS}")
+                      torch.bfloat16, f"bfloat16 {CPU_KERNELS}", QUALITY["bfloat16"])
     graph = " + CUDA graph, static cache" if device.type == "cuda" else ""
-    return Scheme(dtype, target, target, kernels="torch" + graph)
+    return Scheme(dtype, target, target, kernels="torch" + graph, quality=QUALITY.get(dtype, QUALITY["float32"]))
 
 
 def auto_dtype(stored: torch.dtype, device: torch.device) -> str:

@@ -58,7 +58,7 @@ def test_own_lm_head_is_used(tmp_path):
     for dtype in ("bfloat16", "int8", "int4"):  # the converted and quantized unembeddings are the own one too
         other = load_model(tmp_path / "m.safetensors", dtype=dtype).model
         with torch.no_grad():
-            torch.testing.assert_close(other(idx).float(), model(idx), atol=0.15, rtol=0.05)
+            torch.testing.assert_close(other(idx).float(), model(idx), atol=0.3 if dtype == "int4" else 0.15, rtol=0.05)
 
 
 def test_cache_prefill_plus_decode_equals_full_forward(tiny_dir):
