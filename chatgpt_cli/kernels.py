@@ -23,12 +23,15 @@ import math
 import os
 from pathlib import Path
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                                             / "chatgpt-cli" / "numba"))
+CACHE_DIR = os.environ.setdefault(
+    "NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgpt-cli" / "numba"))
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
+
+numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
 
 GROUP = 32  # int4 weights per group (one scale and offset each)
 GELU_C = math.sqrt(2.0 / math.pi)

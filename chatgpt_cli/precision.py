@@ -36,7 +36,7 @@ def load_kernels():
     """kernels.py, imported on first use (numba takes a moment to import; --help never needs it)."""
     import numba
 
-    from chatgpt_cli import kernels as k
+    from chatgpt_cli import kernels as k  # first: it sets numba's cache directory before numba loads
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     return k
