@@ -34,12 +34,16 @@ GROUP = 32  # int4 weights per group (kernels.GROUP)
 @functools.cache
 def load_kernels():
     """kernels.py, imported on first use (numba takes a moment to import; --help never needs it)."""
+    from chatgpt_cli import kernels as k  # it sets numba's cache directory
+
+    return k
+
+
+def use_torch_threads() -> None:
+    """The kernels run on as many threads as torch's products (``bench --threads``)."""
     import numba
 
-    from chatgpt_cli import kernels as k  # first: it sets numba's cache directory before numba loads
-
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    return k
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -240,6 +244,9 @@ class Scheme:
         model.cache_class, model.cache_dtype = self.cache, self.cache_dtype
         if self.linear is None:
             return model
+        if self.cache is FusedKVCache:
+            load_kernels()
+            use_torch_threads()
         for parent, name in model.linear_layers():
             conv, gelu = getattr(parent, name), name == "c_fc"  # the MLP's GELU goes into c_fc's kernel
             setattr(parent, name, self.linear(conv.weight.t(), conv.bias, gelu))  # Conv1D keeps (in, out)

@@ -173,13 +173,15 @@ def test_help_and_version_do_not_import_torch():
 def test_bench_runs_and_reports(tiny_dir):
     import json
 
-    r = run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16", "--json")
+    r = run("bench", "-m", str(tiny_dir), "--dtype", "float32", "--runs", "1", "--tokens", "4", "--prefill", "16",
+            "--json")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     for key in ("prefill_tok_s", "decode_tok_s_short", "decode_tok_s_long", "time_to_first_token_s",
                 "peak_memory_mb", "load_s"):
         assert data[key] > 0
     assert data["dtype"] == "float32" and data["device"] == "cpu" and data["prefill_tokens"] == 16
+    assert data["kernels"].startswith("float32 numba")
     table = run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16")
     assert "decode after 8 tokens" in table.stdout and "tok/s" in table.stdout
     import torch
