@@ -66,7 +66,8 @@ GOLDEN_ALTERNATIVES = """\
 
 
 def test_next_json_probabilities_equal_a_reference_softmax(tiny_dir, tiny_hf):
-    r = run("next", "The quick brown", "-m", str(tiny_dir), "--top", "20", "--json", "-t", "0.5")
+    r = run("next", "The quick brown", "-m", str(tiny_dir), "--dtype", "float32", "--top", "20", "--json",
+            "-t", "0.5")
     data = json.loads(r.stdout)
     ids = TOK.encode("The quick brown")
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_score_command(tiny_dir, tiny_hf, tmp_path):
     data = json.loads(run("score", str(f), "-m", str(tiny_dir), "--dtype", "float32", "--json", "--per-token").stdout)
     assert data["mean_loss"] == pytest.approx(ref_loss, abs=1e-4)
     assert len(data["per_token"]) == len(ids) - 1
-    r = run("score", "-m", str(tiny_dir), input=text)
+    r = run("score", "-m", str(tiny_dir), "--dtype", "float32", input=text)
     assert r.stdout.splitlines()[0] == f"tokens: {len(ids)} ({len(ids) - 1} scored)"
     assert r.stdout.splitlines()[1] == f"mean loss: {data['mean_loss']:.4f} nats/token"
     bad = run("score", str(tmp_path / "missing.txt"), "-m", str(tiny_dir))
