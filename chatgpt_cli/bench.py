@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from chatgpt_cli.fastpath import pack_for_cpu
-from chatgpt_cli.generate import Engine, prefill
+from chatgpt_cli.generate import Engine, prefill, sync
 from chatgpt_cli.model import GPT, GPTConfig
+from chatgpt_cli.precision import Scheme, choose_scheme
 from chatgpt_cli.sampling import SamplingOptions
 
 # (n_layer, n_head, n_embd) of the four GPT-2 sizes; all have a 1024-token window.
@@ -23,17 +23,21 @@ GPT2_SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large
                "gpt2-xl": (48, 25, 1600)}
 
 
-def random_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT:
-    """A GPT-2 of that size with random weights (for measuring speed without a download)."""
+def random_model(name: str, dtype: str | torch.dtype | Scheme = "float32", device: str | torch.device = "cpu") -> GPT:
+    """A GPT-2 of that size with random weights (for measuring speed without a download), in a
+    precision as ``--dtype`` names it (or its Scheme), as if loaded from a float32 file."""
+    device = torch.device(device)
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    scheme = dtype if isinstance(dtype, Scheme) else choose_scheme(dtype, torch.float32, device)
     n_layer, n_head, n_embd = GPT2_SHAPES[name]
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device=device, dtype=dtype)
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device=device, dtype=scheme.storage)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=gen) if p.dim() == 2 else p.fill_(1.0)
     model.eval().requires_grad_(False)
-    pack_for_cpu(model)
-    return model
+    return scheme.apply(model)
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,6 @@ class BenchResult:
 
     def as_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_memory_mb(device: torch.device) -> float:

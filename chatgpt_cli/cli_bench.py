@@ -36,35 +36,35 @@ def bench(
             torch.set_num_threads(threads)
 
         from chatgpt_cli.bench import GPT2_SHAPES, measure, random_model
-        from chatgpt_cli.quantize import quantize_model
-        from chatgpt_cli.weights import DTYPE_CHOICES, DTYPES, precision_name, resolve_device
+        from chatgpt_cli.precision import DTYPE_CHOICES, DTYPES, choose_scheme
+        from chatgpt_cli.weights import resolve_device
 
         t0 = time.perf_counter()
         if random is not None:
             if random not in GPT2_SHAPES:
                 raise UsageError(f"--random {random!r}: choose {', '.join(GPT2_SHAPES)}")
-            if dtype not in DTYPES and dtype not in ("auto", "int8"):
+            if dtype not in DTYPES and dtype not in ("auto", "int8", "int4"):
                 raise UsageError(f"--dtype {dtype!r}: choose {DTYPE_CHOICES}")
             dev = resolve_device(device)
-            net = random_model(random, DTYPES.get(dtype, torch.float32), dev)
-            if dtype == "int8":
-                quantize_model(net)
+            scheme = choose_scheme(dtype, torch.float32, dev)  # as if from a float32 file
+            net = random_model(random, scheme, dev)
             name, what = f"random {random}", "random weights (no load)"
-            dt = precision_name(net.transformer.wte.weight.dtype, dtype == "int8")
         else:
             loaded = load(model, dtype, device, verbose=False)
-            net, dev, dt = loaded.model, loaded.device, loaded.precision
+            net, dev, scheme = loaded.model, loaded.device, loaded.scheme
             name, what = ", ".join(map(str, loaded.files)), "load"
+        dt = scheme.precision
         load_s = time.perf_counter() - t0
         result = measure(net, runs=runs, new_tokens=tokens, prefill_len=prefill_len)
-        info = {"model": name, "dtype": dt, "device": str(dev), "threads": torch.get_num_threads(),
+        info = {"model": name, "dtype": dt, "kernels": scheme.kernels, "device": str(dev),
+                "threads": torch.get_num_threads(),
                 "load_s": round(load_s, 3), **result.as_dict()}
         if as_json:
             write_out(json.dumps(info) + "\n")
             return
         from chatgpt_cli.render import print_table
 
-        rows = [(f"{what} time", f"{load_s:.2f} s"),
+        rows = [("kernels", scheme.kernels), (f"{what} time", f"{load_s:.2f} s"),
                 (f"prefill ({result.prefill_tokens} tokens)", f"{result.prefill_tok_s:.1f} tok/s"),
                 ("decode after 8 tokens", f"{result.decode_tok_s_short:.1f} tok/s"),
                 (f"decode after {result.long_context} tokens", f"{result.decode_tok_s_long:.1f} tok/s"),

@@ -42,8 +42,9 @@ def info(model: ModelOpt = None, dtype: DtypeOpt = "auto", device: DeviceOpt = "
                 ("heads (n_head)", str(c.n_head)), ("width (n_embd)", str(c.n_embd)),
                 ("context window (n_positions)", str(c.n_positions)), ("vocabulary (vocab_size)", str(c.vocab_size)),
                 ("layer_norm_epsilon", str(c.layer_norm_epsilon)),
-                ("unembedding", "tied to wte" if loaded.model.lm_head is None else "own lm_head.weight"),
-                ("dtype", loaded.precision), ("device", str(loaded.device))]
+                ("unembedding", "tied to wte" if loaded.model.tied else "own lm_head.weight"),
+                ("dtype", loaded.precision), ("kernels", loaded.scheme.kernels),
+                ("quality", loaded.scheme.quality), ("device", str(loaded.device))]
         width = max(len(k) for k, _ in rows)
         write_out("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
 

@@ -18,9 +18,8 @@ ENV_MODEL = "CHATGPT_CLI_MODEL"
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=(
     f"A .safetensors file or a model directory. Default: ${ENV_MODEL}, else the bundled model."))]
 DtypeOpt = Annotated[str, typer.Option(help=(
-    "auto (16-bit weights in bfloat16 on a CPU that has it natively, else float32; float32 weights as "
-    "stored, but in 16 bits on a CUDA GPU), float32, bfloat16, float16, or int8 (int8 weights, bfloat16 "
-    "activations)."))]
+    "auto (bfloat16 on a CPU that has it natively, else float32; on a CUDA GPU 16 bits), float32 (exact, "
+    "token for token with transformers), bfloat16, float16, int8 or int4 (quantized weights; see info)."))]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for a reproducible run.")]

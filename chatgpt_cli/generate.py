@@ -41,6 +41,12 @@ def prompt_room(window: int, max_new_tokens: int) -> int:
     return window - min(max_new_tokens, window // 2)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device to finish its queued work (a CUDA step returns once it is launched)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class Stats:
     """What the last request cost; ``tokens_run`` counts every token put through the model."""
@@ -66,6 +72,7 @@ class Engine:
     total_tokens_run: int = 0
 
     def __post_init__(self) -> None:
+        self.device = self.model.transformer.wte.weight.device
         graph = wants_graph(self.model)  # on a CUDA GPU, decode replays a CUDA graph
         self.model.setup_cache(self.window, static=graph)
         self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
@@ -93,8 +100,10 @@ class Engine:
         while n < limit and self.cached[n] == tokens[n]:
             n += 1
         self.cached = self.cached[:n]  # positions from n on are about to be overwritten
+        sync(self.device)
         t0 = time.perf_counter()
         logits = prefill(self.model, tokens[n:], n)
+        sync(self.device)
         self.cached = list(tokens)
         self._count(len(tokens) - n)
         self.stats.prefill_tokens += len(tokens) - n
@@ -140,8 +149,10 @@ class Engine:
                 self.stats.reencodes += 1
                 logits = self._feed(tokens[-(self.window // 2):])
                 continue
+            sync(self.device)
             t0 = time.perf_counter()
             logits = self.decode(token, len(self.cached))
+            sync(self.device)
             self.cached.append(token)
             self._count(1)
             self.stats.decode_tokens += 1

@@ -50,11 +50,21 @@ class Conv1D(nn.Module):
 
 
 class Unembedding(nn.Module):
-    """A checkpoint's own lm_head.weight (vocab_size, n_embd), when it is not tied to wte."""
+    """logits = x W^T, W (vocab_size, n_embd): the checkpoint's own lm_head.weight, or the token
+    embedding's matrix when tied to it (GPT-2's way; then it holds no parameter of its own)."""
 
-    def __init__(self, vocab_size: int, n_embd: int) -> None:
+    def __init__(self, vocab_size: int, n_embd: int, tied_to: nn.Embedding | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, n_embd))
+        self.tied_to = () if tied_to is None else (tied_to,)  # a tuple: not a second copy in state_dict
+        if tied_to is None:
+            self.weight = nn.Parameter(torch.empty(vocab_size, n_embd))
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.tied_to[0].weight if self.tied_to else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.matrix)  # (..., vocab)
 
 
 class KVCache(nn.Module):
@@ -79,12 +89,21 @@ class KVCache(nn.Module):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end
         (0..max_len when static)."""
-        self.k_cache.index_copy_(2, input_pos, k)
-        self.v_cache.index_copy_(2, input_pos, v)
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         if self.static:
             return self.k_cache, self.v_cache  # (B, nh, max_len, hs)
         end = int(input_pos[-1]) + 1
         return self.k_cache[:, :, :end], self.v_cache[:, :, :end]  # (B, nh, end, hs)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+               last_only: bool = False) -> torch.Tensor:
+        """Store k, v, then attend with q (B, nh, T, hs) over every key so far; ``last_only``: with
+        the last query alone (B, nh, 1, hs). A faster cache may override this (precision.py)."""
+        k, v = self.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far (max_len if static)
+        if last_only:
+            q, input_pos = q[:, :, -1:], input_pos[-1:]
+        return attention(q, k.to(q.dtype), v.to(q.dtype), input_pos, self.static)
 
 
 class CausalSelfAttention(nn.Module):
@@ -104,13 +123,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        masked = False
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far
-            masked = self.kv_cache.static  # S = the whole cache, some of it not written yet
-        if last_only:
-            q, input_pos, T = q[:, :, -1:], input_pos[-1:], 1  # (B, nh, 1, hs): the last query only
-        y = attention(q, k, v, input_pos, masked)  # (B, nh, T, hs)
+            y = self.kv_cache.attend(q, k, v, input_pos, last_only)  # (B, nh, T or 1, hs)
+        else:
+            y = attention(q[:, :, -1:] if last_only else q, k, v, input_pos[-1:] if last_only else input_pos)
+        T = y.shape[2]
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.c_proj(y)
 
@@ -150,9 +167,10 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
         self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+        self.act = nn.GELU(approximate="tanh")  # Identity where c_fc applies it itself (precision.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -184,25 +202,25 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
         ))
         # The unembedding: tied to wte unless a checkpoint brings its own lm_head.weight (out, in).
-        self.lm_head = None if tied else Unembedding(config.vocab_size, config.n_embd)
-        self.packed_head: nn.Module | None = None  # the same matrix in a faster layout (fastpath.py)
+        self.tied = tied
+        self.lm_head: nn.Module = Unembedding(config.vocab_size, config.n_embd,
+                                              self.transformer.wte if tied else None)
+        # The KV cache's kind and dtype (None: the embedding's); a precision scheme may change them.
+        self.cache_class: type[KVCache] = KVCache
+        self.cache_dtype: torch.dtype | None = None
 
     def setup_cache(self, max_len: int | None = None, batch: int = 1, static: bool = False) -> None:
         """Give every layer a preallocated KV cache (None removes them); see KVCache for static."""
         c, w = self.config, self.transformer.wte.weight
         for block in self.transformer.h:
-            block.attn.kv_cache = None if max_len is None else KVCache(
-                batch, c.n_head, max_len, c.head_dim, w.dtype, w.device, static)
+            block.attn.kv_cache = None if max_len is None else self.cache_class(
+                batch, c.n_head, max_len, c.head_dim, self.cache_dtype or w.dtype, w.device, static)
 
     def linear_layers(self) -> list[tuple[nn.Module, str]]:
         """(parent, attribute) of every matrix product in the blocks, for swapping in faster kernels."""
         return [(parent, name) for block in self.transformer.h
                 for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
                                      (block.mlp, "c_proj"))]
-
-    def unembedding(self) -> torch.Tensor:
-        """The (vocab_size, n_embd) matrix that maps a hidden state to one logit per token."""
-        return self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -219,10 +237,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             # the last block needs the keys and values of every position, the rest of the last alone
             x = block(x, input_pos, last_only and i == self.config.n_layer - 1)  # (B, T or 1, C)
-        x = self.transformer.ln_f(x)
-        if self.packed_head is not None:
-            return self.packed_head(x)  # (B, T, vocab)
-        return F.linear(x, self.unembedding())  # (B, T, vocab)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
 
 
 def init_weights(model: GPT, seed: int = 0) -> GPT:

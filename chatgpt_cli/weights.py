@@ -13,7 +13,6 @@ import math
 import mmap
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -21,12 +20,9 @@ import torch
 
 from chatgpt_cli.checkpoint import Mapped, find_files, read_safetensors, refuse_pickle
 from chatgpt_cli.errors import UsageError, WeightsError
-from chatgpt_cli.fastpath import can_pack, pack_for_cpu
-from chatgpt_cli.model import GPT, GPTConfig
-from chatgpt_cli.quantize import COMPUTE_DTYPE, quantize_model
+from chatgpt_cli.model import GPT, Conv1D, GPTConfig
+from chatgpt_cli.precision import DTYPE_CHOICES, DTYPES, Scheme, choose_scheme
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_CHOICES = "auto, float32, bfloat16, float16 or int8"
 LINEAR_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
 
@@ -35,20 +31,14 @@ class LoadedModel:
     model: GPT
     config: GPTConfig
     files: tuple[Path, ...]
-    dtype: torch.dtype  # what the model computes in
+    dtype: torch.dtype  # what the weights are stored in (int8, int4: the rest of the model)
     device: torch.device
     n_params: int
-    int8: bool = False  # matrix weights stored as int8 (quantize.py)
+    scheme: Scheme  # the precision and its kernels (precision.py)
 
     @property
     def precision(self) -> str:
-        return precision_name(self.dtype, self.int8)
-
-
-def precision_name(dtype: torch.dtype, int8: bool) -> str:
-    """How a model's precision is shown: "float32", or "int8 (bfloat16 activations)"."""
-    name = str(dtype).removeprefix("torch.")
-    return f"int8 ({name} activations)" if int8 else name
+        return self.scheme.precision
 
 
 def normalize_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,55 +147,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def relaid(name: str, dtype: torch.dtype, device: torch.device, head: str) -> bool:
-    """Whether ``fast_layout`` lays this weight out anew in memory (its shape never changes).
-
-    Conv1D weights are (in, out); in 16 bits the CPU's matrix-vector kernels read them about 25%
-    faster laid out as (out, in). The float32 unembedding (vocab, n_embd) goes the other way,
-    (n_embd, vocab), which float32's kernel reads about 15% faster; the embedding lookup then
-    reads a strided column instead of a row, which costs nothing noticeable.
-    """
-    if device.type != "cpu":
-        return False
-    if dtype in (torch.bfloat16, torch.float16):
-        return name.endswith(LINEAR_WEIGHTS)
-    return dtype == torch.float32 and name == head
-
-
-def fast_layout(t: torch.Tensor, dtype: torch.dtype,
-                release: Callable[[torch.Tensor], None] = lambda t: None) -> torch.Tensor:
-    """The same matrix in dtype with its memory transposed, built a block of rows at a time;
-    ``release`` is told of each block of the original once it is copied."""
-    out = torch.empty(t.shape[1], t.shape[0], dtype=dtype, device=t.device)  # (cols, rows)
-    for start in range(0, t.shape[0], 4096):
-        out[:, start:start + 4096] = t[start:start + 4096].t()
-        release(t[start:start + 4096])
-    return out.t()  # the original shape
-
-
-def auto_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
-    """``--dtype auto``: the fastest precision suited to the stored weights.
-
-    - float32 on a CUDA GPU: bfloat16 (float16 where the GPU lacks it), half the bytes per token;
-    - 16-bit on a CPU: bfloat16 where the CPU multiplies it natively (there it is also faster than
-      float16, whose CPU products are slower even than float32's), else float32 (16-bit math
-      emulated in software is slower than float32);
-    - otherwise as stored (float64 as float32).
-    """
-    if stored == torch.float64:
-        return torch.float32
-    if device.type == "cuda" and stored == torch.float32:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and stored in (torch.float16, torch.bfloat16):
-        return torch.bfloat16 if can_pack(torch.bfloat16, device) else torch.float32
-    return stored
-
-
 def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast: bool = True) -> LoadedModel:
     """Load GPT-2 weights from a safetensors file or a Hugging Face style directory.
 
-    ``fast`` lets 16-bit weights on the CPU take oneDNN's packed layout (fastpath.py).
-    ``dtype="int8"`` stores the matrix weights as int8 and computes in bfloat16 (quantize.py).
+    ``dtype`` and the device choose a precision scheme (precision.py), which converts the matrices
+    a layer at a time; ``fast=False`` keeps torch's own layers.
     """
     path = Path(path).expanduser()
     files, config_json = find_files(path)
@@ -222,17 +168,14 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     check_tensors(tensors, config, path)
     dev = resolve_device(device)
     stored = tensors["transformer.wte.weight"].dtype
-    int8 = dtype == "int8"
-    if dtype != "auto" and dtype not in DTYPES and not int8:
+    if dtype != "auto" and dtype not in DTYPES and dtype not in ("int8", "int4"):
         raise UsageError(f"--dtype {dtype!r}: choose {DTYPE_CHOICES}")
-    target = COMPUTE_DTYPE if int8 else auto_dtype(stored, dev) if dtype == "auto" else DTYPES[dtype]
-    packing = fast and not int8 and can_pack(target, dev)
-    head = "lm_head.weight" if "lm_head.weight" in tensors else "transformer.wte.weight"
-    relayout = not int8 and not packing
+    scheme = choose_scheme(dtype, stored, dev, fast)
+    target = scheme.storage
 
-    def copied(name: str) -> bool:
-        return int8 or packing or target != stored or dev.type != "cpu" or \
-            (relayout and relaid(name, target, dev, head))
+    def copied(name: str) -> bool:  # laid out anew as (out, in) or quantized by the scheme, or converted
+        return target != stored or dev.type != "cpu" or scheme.converts(name) or \
+            (scheme.linear is not None and name.endswith(LINEAR_WEIGHTS))
 
     mapped = Mapped(maps)
     for k, t in tensors.items():
@@ -242,12 +185,10 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
             mapped.release(t)  # to be copied anyway: read back a tensor at a time, not all at once
 
     def place(name: str, t: torch.Tensor) -> torch.Tensor:
-        if int8 and (name.endswith(LINEAR_WEIGHTS) or name == "lm_head.weight"):
+        if scheme.converts(name):
             out = t.to(dev)  # as stored until quantized, a chunk of rows at a time
-        elif relayout and relaid(name, target, dev, head):
-            out = fast_layout(t, target, mapped.release)
         else:
-            out = t.to(device=dev, dtype=target)  # (packed a layer at a time below, if packing)
+            out = t.to(device=dev, dtype=target)  # (laid out anew a layer at a time by the scheme)
         if out.data_ptr() != t.data_ptr():
             mapped.release(t)
         return out
@@ -257,17 +198,16 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto", fast
     model.load_state_dict({k: place(k, t) for k, t in tensors.items()}, strict=True, assign=True)
     del tensors
     model.eval().requires_grad_(False)
-    if int8:
-        quantize_model(model, copied=mapped.release)
-    elif packing:
-        pack_for_cpu(model, copied=mapped.release)
-    return LoadedModel(model, config, tuple(files), target, dev, n_params, int8)
+    scheme.apply(model, copied=mapped.release)
+    return LoadedModel(model, config, tuple(files), target, dev, n_params, scheme)
 
 
 def save_model(model: GPT, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write a Hugging Face style directory: config.json + model.safetensors (GPT-2 key names)."""
     from safetensors.torch import save_file
 
+    if not all(isinstance(getattr(parent, name), Conv1D) for parent, name in model.linear_layers()):
+        raise UsageError("save_model: this model's layers were converted for speed; load it with fast=False")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = model.config
@@ -276,7 +216,7 @@ def save_model(model: GPT, out_dir: str | Path, dtype: torch.dtype | None = None
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
               "n_positions": c.n_positions, "n_ctx": c.n_positions, "n_embd": c.n_embd, "n_layer": c.n_layer,
               "n_head": c.n_head, "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": "gelu_new",
-              "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": model.lm_head is None,
+              "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": model.tied,
               "torch_dtype": str(dtype or model.transformer.wte.weight.dtype).removeprefix("torch.")}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -164,7 +164,7 @@ def main() -> None:
           f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
 
     if args.eval_only:
-        model = load_model(args.out, dtype="float32").model
+        model = load_model(args.out, dtype="float32", fast=False).model
         full = evaluate(model, val, model.config.n_positions, max_windows=10_000)
         print(f"val_loss {full:.4f} nats/token over the whole validation split ({len(val):,} tokens)")
         by_source = {}
@@ -244,7 +244,7 @@ def main() -> None:
         save(step, val_loss)
     else:
         print(f"final val_loss {val_loss:.4f} is above the best ({best:.4f}): keeping the best checkpoint")
-        model.load_state_dict(load_model(args.out, dtype="float32").model.state_dict())
+        model.load_state_dict(load_model(args.out, dtype="float32", fast=False).model.state_dict())
     full = evaluate(model, val, args.block, max_windows=10_000)
     print(f"val_loss {full:.4f} nats/token over the whole validation split", flush=True)
     meta = json.loads((args.out / "training.json").read_text())

@@ -50,6 +50,15 @@ def write_file(model, path: Path, prefix: bool = True, with_mask_buffers: bool =
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile (or load from numba's disk cache) the CPU kernels once, before any test: subprocess
+    tests with timings (Ctrl-C) then never wait for a first compile."""
+    from chatgpt_cli.precision import warm_up
+
+    warm_up()
+
+
 @pytest.fixture(scope="session")
 def tiny_hf():
     return hf_model()

@@ -97,7 +97,7 @@ def test_overlong_prompt_keeps_the_end_with_a_warning(tiny_dir):
     (["--top-p", "0"], "error: top-p must be in (0, 1] (1 = off), not 0.0"),
     (["--top-p", "1.5"], "error: top-p must be in (0, 1] (1 = off), not 1.5"),
     (["-n", "-1"], "error: --max-tokens must be >= 0, not -1"),
-    (["--dtype", "int3"], "error: --dtype 'int3': choose auto, float32, bfloat16, float16 or int8"),
+    (["--dtype", "int3"], "error: --dtype 'int3': choose auto, float32, bfloat16, float16, int8 or int4"),
 ])
 def test_bad_option_values_exit_2_with_one_line(tiny_dir, args, message):
     r = run("complete", "x", "-m", str(tiny_dir), *args)
@@ -132,7 +132,10 @@ def test_info(tiny_dir, tiny_hf):
     assert rows["parameters"] == f"{n_params:,}"
     assert rows["layers (n_layer)"] == "2" and rows["heads (n_head)"] == "2" and rows["width (n_embd)"] == "32"
     assert rows["context window (n_positions)"] == "64" and rows["unembedding"] == "tied to wte"
-    assert rows["dtype"] == "float32" and rows["device"] == "cpu"
+    from chatgpt_cli.precision import native_bf16
+
+    auto = "bfloat16" if native_bf16(torch.device("cpu")) else "float32"  # --dtype auto, precision.py
+    assert rows["dtype"] == auto and rows["device"] == "cpu" and rows["kernels"].startswith(f"{auto} numba")
 
 
 def test_closed_stdout_ends_quietly(tiny_dir):
@@ -170,13 +173,15 @@ def test_help_and_version_do_not_import_torch():
 def test_bench_runs_and_reports(tiny_dir):
     import json
 
-    r = run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16", "--json")
+    r = run("bench", "-m", str(tiny_dir), "--dtype", "float32", "--runs", "1", "--tokens", "4", "--prefill", "16",
+            "--json")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     for key in ("prefill_tok_s", "decode_tok_s_short", "decode_tok_s_long", "time_to_first_token_s",
                 "peak_memory_mb", "load_s"):
         assert data[key] > 0
     assert data["dtype"] == "float32" and data["device"] == "cpu" and data["prefill_tokens"] == 16
+    assert data["kernels"].startswith("float32 numba")
     table = run("bench", "-m", str(tiny_dir), "--runs", "1", "--tokens", "4", "--prefill", "16")
     assert "decode after 8 tokens" in table.stdout and "tok/s" in table.stdout
     import torch
@@ -191,15 +196,18 @@ def test_bench_runs_and_reports(tiny_dir):
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --random 'gpt5': choose gpt2, gpt2-medium")
 
 
-def test_int8_from_the_command_line(tiny_dir):
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_from_the_command_line(tiny_dir, dtype):
     import json
 
-    info = run("info", "-m", str(tiny_dir), "--dtype", "int8")
-    assert info.exit_code == 0 and "int8 (bfloat16 activations)" in info.stdout
-    r = run("complete", "-m", str(tiny_dir), "--dtype", "int8", "-t", "0", "-n", "5", "Hello")
+    info = run("info", "-m", str(tiny_dir), "--dtype", dtype)
+    assert info.exit_code == 0 and f"dtype                         {dtype} (float32 activations)\n" in info.stdout
+    assert f"kernels                       {dtype} numba matrix-vector" in info.stdout
+    r = run("complete", "-m", str(tiny_dir), "--dtype", dtype, "-t", "0", "-n", "5", "Hello")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout == run("complete", "-m", str(tiny_dir), "--dtype", "int8", "-t", "0", "-n", "5", "Hello").stdout
+    assert r.stdout == run("complete", "-m", str(tiny_dir), "--dtype", dtype, "-t", "0", "-n", "5", "Hello").stdout
     assert len(r.stdout.strip()) > 0
-    data = json.loads(run("bench", "-m", str(tiny_dir), "--dtype", "int8", "--runs", "1", "--tokens", "4",
+    data = json.loads(run("bench", "-m", str(tiny_dir), "--dtype", dtype, "--runs", "1", "--tokens", "4",
                           "--prefill", "16", "--json").stdout)
-    assert data["dtype"] == "int8 (bfloat16 activations)" and data["decode_tok_s_short"] > 0
+    assert data["dtype"] == f"{dtype} (float32 activations)" and data["decode_tok_s_short"] > 0
+    assert data["kernels"].startswith(f"{dtype} numba")

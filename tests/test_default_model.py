@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS / "model.safetensors").is_file(), r
 def test_bundled_model_fits_the_budget_and_is_gpt2_shaped():
     assert sum(f.stat().st_size for f in WEIGHTS.iterdir()) <= 60 * 10**6
     loaded = load_model(WEIGHTS, dtype="float16")  # as stored
-    assert loaded.config.vocab_size == 50257 and loaded.model.lm_head is None
+    assert loaded.config.vocab_size == 50257 and loaded.model.tied
     assert loaded.dtype == torch.float16
 
 

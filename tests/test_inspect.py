@@ -66,7 +66,8 @@ GOLDEN_ALTERNATIVES = """\
 
 
 def test_next_json_probabilities_equal_a_reference_softmax(tiny_dir, tiny_hf):
-    r = run("next", "The quick brown", "-m", str(tiny_dir), "--top", "20", "--json", "-t", "0.5")
+    r = run("next", "The quick brown", "-m", str(tiny_dir), "--dtype", "float32", "--top", "20", "--json",
+            "-t", "0.5")
     data = json.loads(r.stdout)
     ids = TOK.encode("The quick brown")
     with torch.no_grad():
@@ -79,7 +80,7 @@ def test_next_json_probabilities_equal_a_reference_softmax(tiny_dir, tiny_hf):
 
 
 def test_probabilities_sum_to_one(tiny_dir):
-    model = load_model(tiny_dir).model
+    model = load_model(tiny_dir, dtype="float32").model
     logits = next_token_logits(model, TOK.encode("Hello there"))
     for t, k, p in [(1.0, 0, 1.0), (0.7, 40, 0.9), (2.0, 5, 1.0), (0, 0, 1.0)]:
         assert float(probabilities(logits, t, k, p).sum()) == pytest.approx(1.0, abs=1e-5)
@@ -92,7 +93,7 @@ def test_attention_rows_sum_to_one_zero_above_diagonal_and_match_transformers(tm
     ref.config._attn_implementation = "eager"
     path = write_hf_dir(ref, tmp_path / "m")
     ids = TOK.encode("The cat sat on the mat because it was warm.")
-    maps = attention_maps(load_model(path).model, ids)
+    maps = attention_maps(load_model(path, dtype="float32").model, ids)
     assert maps.shape == (2, 4, len(ids), len(ids))
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 4, len(ids)), atol=1e-5, rtol=0)
     assert torch.all(maps.triu(diagonal=1) == 0)
@@ -145,7 +146,7 @@ def reference_score(hf, ids, window):
 
 
 def test_score_equals_transformers_loss(tiny_dir, tiny_hf):
-    model = load_model(tiny_dir).model
+    model = load_model(tiny_dir, dtype="float32").model
     short = TOK.encode("A short text that fits the window easily.")
     with torch.no_grad():
         ref_loss = float(tiny_hf(torch.tensor([short]), labels=torch.tensor([short])).loss)
@@ -161,10 +162,10 @@ def test_score_command(tiny_dir, tiny_hf, tmp_path):
     ids = TOK.encode(text)
     with torch.no_grad():
         ref_loss = float(tiny_hf(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
-    data = json.loads(run("score", str(f), "-m", str(tiny_dir), "--json", "--per-token").stdout)
+    data = json.loads(run("score", str(f), "-m", str(tiny_dir), "--dtype", "float32", "--json", "--per-token").stdout)
     assert data["mean_loss"] == pytest.approx(ref_loss, abs=1e-4)
     assert len(data["per_token"]) == len(ids) - 1
-    r = run("score", "-m", str(tiny_dir), input=text)
+    r = run("score", "-m", str(tiny_dir), "--dtype", "float32", input=text)
     assert r.stdout.splitlines()[0] == f"tokens: {len(ids)} ({len(ids) - 1} scored)"
     assert r.stdout.splitlines()[1] == f"mean loss: {data['mean_loss']:.4f} nats/token"
     bad = run("score", str(tmp_path / "missing.txt"), "-m", str(tiny_dir))

@@ -50,15 +50,15 @@ def test_own_lm_head_is_used(tmp_path):
 
     save_file(state, str(tmp_path / "m.safetensors"), metadata={"n_head": "2"})
     model = load_model(tmp_path / "m.safetensors", dtype="float32").model
-    assert model.lm_head is not None
+    assert not model.tied
     idx = torch.randint(0, 100, (1, 16))
     with torch.no_grad():
         hidden = ref.transformer(idx).last_hidden_state
         torch.testing.assert_close(model(idx), hidden @ state["lm_head.weight"].T, atol=1e-4, rtol=1e-4)
-    for dtype in ("bfloat16", "int8"):  # the packed and the quantized unembedding are the own one too
+    for dtype in ("bfloat16", "int8", "int4"):  # the converted and quantized unembeddings are the own one too
         other = load_model(tmp_path / "m.safetensors", dtype=dtype).model
         with torch.no_grad():
-            torch.testing.assert_close(other(idx).float(), model(idx), atol=0.15, rtol=0.05)
+            torch.testing.assert_close(other(idx).float(), model(idx), atol=0.3 if dtype == "int4" else 0.15, rtol=0.05)
 
 
 def test_cache_prefill_plus_decode_equals_full_forward(tiny_dir):

@@ -22,7 +22,7 @@ def test_train_script_runs_a_few_steps_and_exports(tmp_path):
     meta = json.loads((tmp_path / "w" / "training.json").read_text())
     assert meta["settings"]["seed"] == 1337 and meta["val_loss"] > 0
     loaded = load_model(tmp_path / "w")
-    assert loaded.config.vocab_size == 50257 and loaded.model.lm_head is None  # tied unembedding
+    assert loaded.config.vocab_size == 50257 and loaded.model.tied  # tied unembedding
 
 
 @pytest.mark.skipif(not (SHARED / "corpus").is_dir(), reason="needs ../shared/corpus")

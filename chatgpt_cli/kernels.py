@@ -1,0 +1,183 @@
+"""CPU kernels for generating one token: matrix-vector products and attention, compiled by numba.
+
+Decoding multiplies a single vector by every weight matrix, so its speed is how fast the weights
+stream from memory. Each product here is the plain dot product of the input with one row of the
+weight, a row per output, the rows split over the threads (``prange``); numba's LLVM vectorizes the
+inner loop (``fastmath`` lets it reorder the sum). The weights come in four forms:
+
+- float32 rows;
+- bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
+  the bits 16 places up gives the float32;
+- int8 rows with one float32 scale per row: w[n, k] = q[n, k] * s[n];
+- int4 in groups of 32 weights with a float32 scale and offset per group: w = q * s + m, q in
+  0..15. A group is 16 bytes: byte j holds weight j in its low nibble and weight j + 16 in its high
+  nibble, so the inner loop runs over 16 contiguous bytes with one mask and one shift.
+
+Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, so only
+the first run on a machine compiles (a few seconds); the cache is set before numba is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CACHE_DIR = os.environ.setdefault(
+    "NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgpt-cli" / "numba"))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import extending, njit, prange, types  # noqa: E402
+
+numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
+
+GROUP = 32  # int4 weights per group (one scale and offset each)
+GELU_C = math.sqrt(2.0 / math.pi)
+jit = njit(parallel=True, fastmath=True, cache=True)
+
+
+@extending.intrinsic
+def _as_float32(typingctx, bits):
+    """The float32 whose 32 bits are ``bits`` (a uint32)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@extending.intrinsic
+def _as_uint32(typingctx, value):
+    """The 32 bits of the float32 ``value``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@njit(inline="always", cache=True)
+def to_bf16(value):
+    """float32 -> bfloat16 bits (uint16), rounded to the nearest even like torch."""
+    bits = _as_uint32(np.float32(value))
+    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@njit(inline="always", cache=True)
+def bf16(bits):
+    """bfloat16 bits (uint16 or int16) -> float32."""
+    return _as_float32((np.uint32(bits) & np.uint32(0xFFFF)) << np.uint32(16))
+
+
+@njit(inline="always", cache=True)
+def finish(y, gelu):
+    """GPT-2's tanh GELU, applied to an output while it is still in a register."""
+    if gelu:
+        inner = np.float32(GELU_C) * (y + np.float32(0.044715) * y * y * y)
+        return np.float32(0.5) * y * (np.float32(1.0) + math.tanh(inner))
+    return y
+
+
+@jit
+def matvec_f32(x, w, bias, out, gelu):
+    """out[n] = x . w[n] + bias[n]: x (K,), w (N, K) float32."""
+    for n in prange(w.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(w.shape[1]):
+            acc += x[k] * w[n, k]
+        out[n] = finish(acc + bias[n], gelu)
+
+
+@jit
+def matvec_bf16(x, w, bias, out, gelu):
+    """out[n] = x . w[n] + bias[n]: x (K,) float32, w (N, K) bfloat16 bits."""
+    for n in prange(w.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(w.shape[1]):
+            acc += x[k] * bf16(w[n, k])
+        out[n] = finish(acc + bias[n], gelu)
+
+
+@jit
+def matvec_int8(x, q, scale, bias, out, gelu):
+    """out[n] = (x . q[n]) * scale[n] + bias[n]: q (N, K) int8."""
+    for n in prange(q.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(q.shape[1]):
+            acc += x[k] * q[n, k]
+        out[n] = finish(acc * scale[n] + bias[n], gelu)
+
+
+@jit
+def matvec_int4(x, packed, scale, offset, bias, out, gelu):
+    """out[n] = sum over groups g of (x_g . (q_g * scale[n, g] + offset[n, g])) + bias[n].
+
+    packed (N, K/2) uint8, two weights a byte (see the module's docstring); scale, offset (N, K/32).
+    The inner loop runs over a whole row of bytes (a short loop per group would not vectorize);
+    x is first split into the halves the nibbles multiply, and a byte's nibbles are taken with
+    float math (hi = floor(b / 16), lo = b - 16 hi), which vectorizes better than integer shifts.
+    """
+    half = GROUP // 2
+    n_groups, n_bytes = x.shape[0] // GROUP, x.shape[0] // 2
+    x_low, x_high, x_sum = np.empty(n_bytes, np.float32), np.empty(n_bytes, np.float32), np.empty(n_groups, np.float32)
+    for g in range(n_groups):
+        x_low[g * half:(g + 1) * half] = x[g * GROUP:g * GROUP + half]  # the weights in low nibbles
+        x_high[g * half:(g + 1) * half] = x[g * GROUP + half:(g + 1) * GROUP]  # ... and in high ones
+        x_sum[g] = x[g * GROUP:(g + 1) * GROUP].sum()
+    for n in prange(packed.shape[0]):
+        acc = np.float32(0.0)
+        for j in range(n_bytes):
+            byte = np.float32(packed[n, j])
+            high = np.floor(byte * np.float32(1 / 16))
+            low = byte - np.float32(16) * high
+            acc += scale[n, j // half] * (x_low[j] * low + x_high[j] * high)
+        for g in range(n_groups):
+            acc += offset[n, g] * x_sum[g]
+        out[n] = finish(acc + bias[n], gelu)
+
+
+@jit
+def attend_f32(q, k_new, v_new, k_cache, v_cache, pos, out):
+    """One new token's attention; its key and value are first written at ``pos`` in the cache.
+
+    q, k_new, v_new, out (nh, hs); k_cache, v_cache (nh, max_len, hs) float32. Per head:
+    out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
+    """
+    n_head, hs = q.shape
+    for h in prange(n_head):
+        k_cache[h, pos] = k_new[h]
+        v_cache[h, pos] = v_new[h]
+        scores = np.empty(pos + 1, dtype=np.float32)
+        for t in range(pos + 1):
+            acc = np.float32(0.0)
+            for d in range(hs):
+                acc += q[h, d] * k_cache[h, t, d]
+            scores[t] = acc / np.float32(math.sqrt(hs))
+        weights = np.exp(scores - scores.max())  # a stable softmax
+        weights /= weights.sum()
+        acc_v = np.zeros(hs, dtype=np.float32)
+        for t in range(pos + 1):
+            for d in range(hs):
+                acc_v[d] += weights[t] * v_cache[h, t, d]
+        out[h] = acc_v
+
+
+@jit
+def attend_bf16(q, k_new, v_new, k_cache, v_cache, pos, out):
+    """``attend_f32`` with a bfloat16 cache (its bits, uint16): half the bytes to read per token."""
+    n_head, hs = q.shape
+    for h in prange(n_head):
+        for d in range(hs):
+            k_cache[h, pos, d] = to_bf16(k_new[h, d])
+            v_cache[h, pos, d] = to_bf16(v_new[h, d])
+        scores = np.empty(pos + 1, dtype=np.float32)
+        for t in range(pos + 1):
+            acc = np.float32(0.0)
+            for d in range(hs):
+                acc += q[h, d] * bf16(k_cache[h, t, d])
+            scores[t] = acc / np.float32(math.sqrt(hs))
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        acc_v = np.zeros(hs, dtype=np.float32)
+        for t in range(pos + 1):
+            for d in range(hs):
+                acc_v[d] += weights[t] * bf16(v_cache[h, t, d])
+        out[h] = acc_v

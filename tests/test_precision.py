@@ -1,0 +1,180 @@
+"""Precisions (precision.py) and their kernels (kernels.py): each kernel equals torch's product on
+random shapes, quantization is exact to its step, decode agrees with the full forward, and the
+quality of each precision is bounded by its loss on a text against float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chatgpt_cli.generate import Engine, prefill
+from chatgpt_cli.precision import (
+    BFloat16Linear,
+    Float32Linear,
+    FusedKVCache,
+    Int4Linear,
+    Int8Linear,
+    choose_scheme,
+    dequantize_groups,
+    load_kernels,
+    native_bf16,
+    quantize_groups,
+    quantize_rows,
+)
+from chatgpt_cli.resources import shipped
+from chatgpt_cli.sampling import SamplingOptions
+from chatgpt_cli.tokenizer import Tokenizer
+from chatgpt_cli.weights import load_model
+
+CHAT = ("User: Hi! Can you help me book a table for two tonight?\n"
+        "AI Assistant: Sure, what time would you like?\n"
+        "User: Around seven, somewhere Italian.\n"
+        "AI Assistant: I found a table at Luigi's at 7 pm. Shall I book it?\n"
+        "User: Yes please, and could you send me the address?\n"
+        "AI Assistant: Done. The address is in your messages. Enjoy your dinner!\n")
+
+
+def test_codes_are_rounded_rows_with_one_scale_each():
+    torch.manual_seed(0)
+    w = torch.randn(37, 48)
+    w[5] = 0.0  # an all-zero row must not divide by zero
+    codes, scales = quantize_rows(w)
+    assert codes.dtype == torch.int8 and codes.shape == w.shape and scales.shape == (37,)
+    assert codes.abs().max() == 127
+    assert torch.equal(codes[5], torch.zeros(48, dtype=torch.int8))
+    nonzero = [i for i in range(37) if i != 5]
+    assert torch.allclose(scales[nonzero], w[nonzero].abs().amax(dim=1) / 127)
+    error = (codes.float() * scales[:, None] - w).abs()
+    assert (error <= scales[:, None] / 2 + 1e-7).all()  # round to nearest: at most half a step
+
+
+def test_int4_groups_round_to_half_a_step_and_pack_two_a_byte(monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(10, 64)
+    packed, scale, offset = quantize_groups(w)
+    assert packed.shape == (10, 32) and packed.dtype == torch.uint8 and scale.shape == offset.shape == (10, 2)
+    back = dequantize_groups(packed, scale, offset, torch.float32)
+    step = scale.repeat_interleave(32, dim=1)
+    assert ((back - w).abs() <= step / 2 + 1e-6).all()
+    assert (packed[0, 0] & 15) == torch.round((w[0, 0] - offset[0, 0]) / scale[0, 0])  # weight 0: low nibble
+    assert (packed[0, 0] >> 4) == torch.round((w[0, 16] - offset[0, 0]) / scale[0, 0])  # weight 16: high one
+    monkeypatch.setattr("chatgpt_cli.precision.ROWS_PER_CHUNK", 3)
+    assert all(torch.equal(a, b) for a, b in zip((packed, scale, offset), quantize_groups(w), strict=True))
+
+
+@pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear, Int4Linear])
+@pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_each_kernel_equals_torchs_product(kind, shape, gelu):
+    """One row (the numba kernel) and many rows (torch) against the plain math on the same weights."""
+    torch.manual_seed(sum(shape))
+    w, b = torch.randn(shape) * 0.1, torch.randn(shape[0])
+    layer = kind(w, b, gelu)
+    dense = layer.dense(torch.float32).float()
+    for rows in (1, 5):
+        x = torch.randn(1, rows, shape[1])
+        want = F.linear(x, dense, b)
+        want = F.gelu(want, approximate="tanh") if gelu else want
+        got = layer(x)
+        assert got.shape == (1, rows, shape[0]) and got.dtype == torch.float32
+        tol = 1e-4 if rows == 1 or kind is Float32Linear else 2e-2  # many rows multiply in bfloat16
+        torch.testing.assert_close(got, want, atol=tol * 10, rtol=tol)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_fused_attention_equals_torchs(cache_dtype):
+    torch.manual_seed(0)
+    n_head, hs, max_len = 3, 16, 40
+    fused = FusedKVCache(1, n_head, max_len, hs, cache_dtype)
+    plain = FusedKVCache(1, n_head, max_len, hs, cache_dtype)
+    for pos in range(12):
+        q, k, v = (torch.randn(1, n_head, 1, hs) for _ in range(3))
+        got = fused.attend(q, k, v, torch.tensor([pos]))  # the kernel
+        keys, values = plain.update(torch.tensor([pos]), k, v)  # torch's, on the same cache
+        want = F.scaled_dot_product_attention(q, keys.float(), values.float())
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        assert torch.equal(fused.k_cache[:, :, :pos + 1], keys) and torch.equal(fused.v_cache[:, :, :pos + 1], values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
+def test_decode_agrees_with_the_full_forward(tiny_dir, dtype):
+    loaded = load_model(tiny_dir, dtype=dtype)
+    model, ids = loaded.model, [464, 2068, 7586, 21831, 18045, 625, 262, 16931]
+    assert loaded.scheme.kernels.startswith(dtype) and "numba" in loaded.scheme.kernels
+    with torch.inference_mode():
+        full = model(torch.tensor([ids]))[0]  # (T, vocab): every position at once, through torch
+        engine = Engine(model)
+        prefill(model, ids[:3], 0)
+        for i in range(3, len(ids)):
+            step = engine.decode(ids[i], i)  # one token: the kernels
+            torch.testing.assert_close(step, full[i], atol=2e-2 if dtype == "float32" else 0.15, rtol=0.05)
+
+
+def test_int8_from_a_gpu_scheme_widens_in_torch():
+    scheme = choose_scheme("int8", torch.float32, torch.device("cuda"))
+    assert scheme.activations == torch.bfloat16 and scheme.cache is not FusedKVCache and "torch" in scheme.kernels
+
+
+def test_auto_runs_bfloat16_where_the_cpu_has_it(monkeypatch):
+    from chatgpt_cli import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    for stored in (torch.float32, torch.float16, torch.bfloat16):  # whatever the file's dtype
+        assert choose_scheme("auto", stored, cpu).name == "bfloat16"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    for stored in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        assert choose_scheme("auto", stored, cpu).name == "float32"  # never emulated 16-bit math
+    assert choose_scheme("float32", torch.bfloat16, cpu).name == "float32"  # an explicit choice stays
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_scheme("auto", torch.float32, cuda).name == "bfloat16"
+    assert choose_scheme("auto", torch.float16, cuda).name == "float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_scheme("auto", torch.float32, cuda).name == "float16"
+
+
+@pytest.fixture(scope="module")
+def bundled_logits() -> dict[str, torch.Tensor]:
+    """The bundled model's logits (T, vocab) on a chat text, in each precision (one forward each)."""
+    ids = torch.tensor([Tokenizer().encode(CHAT)])
+    with torch.inference_mode():
+        return {d: load_model(shipped("weights"), dtype=d).model(ids)[0].float() for d in
+                ("float32", "auto", "int8", "int4")} | {"ids": ids[0]}
+
+
+def test_quality_of_each_precision_on_the_bundled_model(bundled_logits):
+    """Loss on a chat text against float32 (nats/token): auto within 0.01, int8 within 0.02,
+    int4 within 0.06 (measured on twice this text: bfloat16 +0.002, int8 +0.0005, int4 +0.030)."""
+    targets = bundled_logits["ids"][1:]
+    loss = {d: F.cross_entropy(bundled_logits[d][:-1], targets).item() for d in ("float32", "auto", "int8", "int4")}
+    full = loss["float32"]
+    assert full < 3.0
+    assert abs(loss["auto"] - full) < 0.01
+    assert abs(loss["int8"] - full) < 0.02
+    assert abs(loss["int4"] - full) < 0.06
+    if native_bf16(torch.device("cpu")):
+        assert load_model(shipped("weights")).precision == "bfloat16"
+
+
+def test_int8_top1_matches_float32(bundled_logits):
+    """Teacher-forced, the most likely next token is float32's at >= 98% of positions."""
+    agree = bundled_logits["int8"].argmax(-1) == bundled_logits["float32"].argmax(-1)
+    assert agree.float().mean() >= 0.98
+
+
+def test_kernels_are_cached_on_disk_in_the_cache_dir():
+    import os
+    from pathlib import Path
+
+    load_kernels()  # compiled (or loaded) by conftest's warm-up
+    cache = Path(os.environ["NUMBA_CACHE_DIR"])
+    assert cache.parts[-2:] == ("chatgpt-cli", "numba")
+    assert any(cache.rglob("kernels.matvec_f32-*.nbi"))  # numba's index of the compiled code
+
+
+def test_greedy_int4_is_deterministic(tiny_dir):
+    model = load_model(tiny_dir, dtype="int4").model
+    runs = [list(Engine(model).generate([464, 2068], 6, SamplingOptions(temperature=0), stop_at_eot=False))
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 6
