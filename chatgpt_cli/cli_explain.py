@@ -169,7 +169,7 @@ def tokens_view(e, tok, precision: str, width: int) -> list[str]:
     lines = [f"1. Tokens: {T} of the {e.config.n_positions}-token window (GPT-2's byte-level BPE)"]
     if e.dropped:
         lines.append(f"   (the {e.dropped} tokens before the window are not seen)")
-    words = [f"{p}:{piece(tok, i)}={i}" for p, i in enumerate(e.ids)]
+    words = [f"{p}:{piece(tok, i, 24)}={i}" for p, i in enumerate(e.ids)]
     if T > 2 * TOKENS_SHOWN:
         words = words[:TOKENS_SHOWN] + [f"… {T - 2 * TOKENS_SHOWN} more …"] + words[-TOKENS_SHOWN:]
     return lines + wrap(words, width)
