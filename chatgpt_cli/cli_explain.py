@@ -234,11 +234,11 @@ def softmax_view(e, tok, precision: str, width: int) -> list[str]:
                      f" {cand.sampled_prob:>8.4f}")
     chosen = f"{piece(tok, ch.token)} ({ch.token})"
     if ch.greedy:
-        return lines + [f"   temperature 0: greedy, the top token {chosen}, probability {ch.prob:.4f}"]
+        return lines + para(f"temperature 0: greedy, the top token {chosen}, probability {ch.prob:.4f}", width)
     how = f"seed {o.seed}" if o.seed is not None else "no --seed: a fresh draw each run"
-    return lines + [f"   temperature {o.temperature}, top-k {o.top_k}, top-p {o.top_p} leave {ch.kept:,} tokens",
-                    f"   ({100 * ch.kept_mass:.1f}% of the probability before them)",
-                    f"   sampled ({how}): {chosen}, probability {ch.sampled_prob:.4f} after them, {ch.prob:.4f} before"]
+    return lines + para(f"temperature {o.temperature}, top-k {o.top_k}, top-p {o.top_p} leave {ch.kept:,} tokens "
+                        f"({100 * ch.kept_mass:.1f}% of the probability before them); sampled ({how}): {chosen}, "
+                        f"probability {ch.sampled_prob:.4f} after them, {ch.prob:.4f} before.", width)
 
 
 def prob(p: float) -> str:

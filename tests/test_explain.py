@@ -199,6 +199,7 @@ def test_long_input_stays_within_80_columns_and_summarises(tiny_dir):
         assert r.exit_code == 0, r.stderr
         lines = r.stdout.splitlines()
         assert max(len(line) for line in lines) <= 80
+        assert not any(line.endswith("…") for line in lines)  # nothing had to be cut
         assert "tokens before the window are not seen" in r.stdout
         assert "… 40 more …" in r.stdout and "tokens not shown (--json lists them all)" in r.stdout
         assert len(lines) < 80
@@ -209,6 +210,7 @@ def test_bundled_model():
     assert r.exit_code == 0, r.stderr
     assert [t for t in SECTION_TITLES if t in r.stdout] == SECTION_TITLES
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert not any(line.endswith("…") for line in r.stdout.splitlines())
     assert "temperature 0: greedy" in r.stdout
 
 
