@@ -171,7 +171,7 @@ def tokens_view(e, tok, precision: str, width: int) -> list[str]:
         lines.append(f"   (the {e.dropped} tokens before the window are not seen)")
     words = [f"{p}:{piece(tok, i, 24)}={i}" for p, i in enumerate(e.ids)]
     if T > 2 * TOKENS_SHOWN:
-        words = words[:TOKENS_SHOWN] + [f"… {T - 2 * TOKENS_SHOWN} more …"] + words[-TOKENS_SHOWN:]
+        words = words[:TOKENS_SHOWN] + [f"({T - 2 * TOKENS_SHOWN} more)"] + words[-TOKENS_SHOWN:]
     return lines + wrap(words, width)
 
 
@@ -184,7 +184,7 @@ def embeddings_view(e, tok, precision: str, width: int) -> list[str]:
         rows = rows[:EMBEDDINGS_SHOWN] + [None] + rows[-EMBEDDINGS_SHOWN:]
     for m in rows:
         if m is None:
-            lines.append(f"   … {hidden} tokens not shown (--json lists them all) …")
+            lines.append(f"   ({hidden} tokens not shown here; --json lists them all)")
             continue
         name = f"wte[{m.token}]"
         lines += [f"   {m.pos:>4}  {piece(tok, m.token):<14}  {name:<10} {m.wte.norm:7.3f}  {values(m.wte)}",

@@ -201,7 +201,7 @@ def test_long_input_stays_within_80_columns_and_summarises(tiny_dir):
         assert max(len(line) for line in lines) <= 80
         assert not any(line.endswith("…") for line in lines)  # nothing had to be cut
         assert "tokens before the window are not seen" in r.stdout
-        assert "… 40 more …" in r.stdout and "tokens not shown (--json lists them all)" in r.stdout
+        assert "(40 more)" in r.stdout and "58 tokens not shown here; --json lists them all" in r.stdout
         assert len(lines) < 80
 
 
