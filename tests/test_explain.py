@@ -181,6 +181,8 @@ def test_json_shape(tiny_dir):
     assert emb["sum"]["norm"] == pytest.approx(float((wte + wpe).norm()), abs=1e-5)
     lens_top = [x["top"][0]["id"] for x in data["layers"]]
     assert lens_top.index(data["next"][0]["id"]) == data["first_top_layer"]
+    piped = run("explain", "-m", str(tiny_dir), "--json", "--seed", "0", input=TEXT)  # stdin, like complete
+    assert json.loads(piped.stdout) == data
     assert explained(tiny_dir, "--section", "cost") == {"cost": data["cost"]}
     assert explained(tiny_dir, "--section", "lens")["first_top_layer"] == data["first_top_layer"]
 
