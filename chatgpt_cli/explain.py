@@ -19,7 +19,6 @@ from chatgpt_cli.insight import Candidate, candidates, record, split_heads
 from chatgpt_cli.model import GPT, GPTConfig, KVCache, attention_weights
 from chatgpt_cli.sampling import SamplingOptions, make_generator, probabilities, sample
 
-SECTIONS = ("tokens", "embeddings", "attention", "lens", "softmax", "cost")
 FIRST_VALUES = 4  # how many values of a vector are shown
 TOP_KEYS = 3  # keys listed per layer (or head)
 LENS_TOP = 3  # tokens listed per layer by the logit lens
