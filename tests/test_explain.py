@@ -232,3 +232,13 @@ def test_explain_library_leaves_a_kv_cache_alone(tiny_dir):
     e = explain(model, TOK.encode("a b c"), SamplingOptions(0.0))
     assert [b.attn.kv_cache for b in model.transformer.h] == caches
     assert e.chosen.token == e.top
+
+
+def test_a_single_token_sees_only_itself(tiny_dir):
+    r = run("explain", "-m", str(tiny_dir), "--json", "--heads", input="")  # no text: end-of-text alone
+    data = json.loads(r.stdout)
+    assert data["tokens"] == [{"id": 50256, "text": "<|endoftext|>"}]
+    for layer in data["layers"]:
+        assert [h["keys"] for h in layer["attention"]] == [[{"pos": 0, "id": 50256, "text": "<|endoftext|>",
+                                                             "weight": 1.0}]] * 2
+    assert data["cost"]["attention"] == 2 * 2 * 1 * 32
