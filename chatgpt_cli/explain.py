@@ -185,6 +185,7 @@ def choose(logits: torch.Tensor, options: SamplingOptions) -> Choice:
                   int(kept.sum()), float(raw[kept].sum()))
 
 
+@torch.inference_mode()
 def explain(model: GPT, ids: list[int], options: SamplingOptions, top: int = 5, heads: bool = False) -> Explanation:
     """Walk the prediction of the token after ids (the last window of them) through the model."""
     if not ids:
@@ -199,15 +200,13 @@ def explain(model: GPT, ids: list[int], options: SamplingOptions, top: int = 5, 
     for i, (qkv, residual) in enumerate(zip(rec.qkv, rec.residual, strict=True)):
         weights = last_token_attention(qkv, c.n_head)  # (nh, T)
         attn = [focus(w, run, h) for h, w in enumerate(weights)] if heads else [focus(weights.mean(0), run, None)]
-        probs = torch.softmax(lens(model, residual), dim=-1)
-        best = torch.topk(probs, LENS_TOP)
-        layers.append(Layer(i, [Ranked(int(j), float(p)) for p, j in zip(best.values, best.indices, strict=True)],
-                            attn))
+        logits = lens(model, residual)
+        probs, best = torch.softmax(logits, dim=-1), torch.topk(logits, LENS_TOP).indices
+        layers.append(Layer(i, [Ranked(int(j), float(probs[j])) for j in best], attn))
     logits = rec.logits[-1].float().cpu()
-    final = int(logits.argmax())
+    final = int(torch.topk(logits, 1).indices[0])  # as the lens and `next` rank them (ties alike)
     first = next((layer.layer for layer in layers if layer.top[0].token == final), c.n_layer - 1)
-    w = model.transformer.wte.weight
-    cost = count(c, len(run), weight_bytes_read(model), w.element_size())
+    cost = count(c, len(run), weight_bytes_read(model), model.transformer.wte.weight.element_size())
     return Explanation(run, dropped, c, embeddings, layers, first, final,
                        candidates(logits, top, options.temperature, options.top_k, options.top_p),
                        options, choose(logits, options), cost)
