@@ -151,18 +151,17 @@ def tensor_bytes(t: torch.Tensor) -> int:
 def weight_bytes_read(model: GPT) -> int:
     """Bytes of weights one new token reads: every tensor of the blocks, ln_f and the unembedding
     in whatever form the model holds them (packed, quantized...), and one row of each embedding."""
+    wte, wpe = model.transformer.wte, model.transformer.wpe
     tensors: dict[int, torch.Tensor] = {}
     for module in model.modules():
-        if isinstance(module, KVCache):
-            continue  # activations, not weights (counted as kv_bytes)
+        if isinstance(module, KVCache) or module is wte or module is wpe:
+            continue  # the cache holds activations (kv_bytes); a lookup reads one row (below)
         held = [*module._parameters.values(), *module._buffers.values(),
                 *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
         tensors |= {id(t): t for t in held if t is not None}
-    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
-    total = sum(tensor_bytes(t) for t in tensors.values()) - tensor_bytes(wte) - tensor_bytes(wpe)
-    total += tensor_bytes(wte[0]) + tensor_bytes(wpe[0])  # the looked-up rows
+    total = sum(tensor_bytes(t) for t in tensors.values()) + tensor_bytes(wte.weight[0]) + tensor_bytes(wpe.weight[0])
     if model.packed_head is None and model.lm_head is None:
-        total += tensor_bytes(wte)  # tied: the unembedding reads all of wte
+        total += tensor_bytes(wte.weight)  # tied: the unembedding reads all of wte
     return total
 
 

@@ -91,12 +91,12 @@ def test_attention_weights_equal_output_attentions(eager):
         for h in heads:
             top = torch.topk(want[h["head"]], 3)
             assert [k["pos"] for k in h["keys"]] == top.indices.tolist()
-            assert [k["weight"] for k in h["keys"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+            assert [k["weight"] for k in h["keys"]] == pytest.approx(top.values.tolist(), abs=5e-5)
             assert [k["id"] for k in h["keys"]] == [ids[p] for p in top.indices.tolist()]
         (avg,) = mean["layers"][layer]["attention"]
         top = torch.topk(want.mean(0), 3)
         assert avg["head"] is None and [k["pos"] for k in avg["keys"]] == top.indices.tolist()
-        assert [k["weight"] for k in avg["keys"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert [k["weight"] for k in avg["keys"]] == pytest.approx(top.values.tolist(), abs=5e-5)
 
 
 def test_gpt2_124m_cost_equals_the_hand_count():
@@ -152,8 +152,8 @@ def test_every_dtype(tiny_dir, dtype):
 
 def test_bytes_per_token_follow_the_precision(tiny_dir):
     by = {d: explained(tiny_dir, "--dtype", d)["cost"]["weight_bytes"] for d in ("float32", "bfloat16", "int8")}
-    assert by["float32"] == 2 * by["bfloat16"]
-    assert by["int8"] < 0.6 * by["bfloat16"]
+    assert by["bfloat16"] < 0.55 * by["float32"]  # the unembedding (50257 x 32) is most of it
+    assert by["int8"] < 0.7 * by["bfloat16"]
 
 
 def test_sampled_token_is_generations_first_token_with_that_seed(tiny_dir):
@@ -165,7 +165,7 @@ def test_sampled_token_is_generations_first_token_with_that_seed(tiny_dir):
 
 
 def test_json_shape(tiny_dir):
-    data = explained(tiny_dir, "--seed", "0")
+    data = explained(tiny_dir, "--seed", "0", "--dtype", "float32")
     assert list(data) == ["model", "tokens", "dropped", "embeddings", "layers", "first_top_layer", "next",
                           "sampling", "chosen", "cost"]
     ids = TOK.encode(TEXT)
@@ -181,10 +181,10 @@ def test_json_shape(tiny_dir):
     assert emb["sum"]["norm"] == pytest.approx(float((wte + wpe).norm()), abs=1e-5)
     lens_top = [x["top"][0]["id"] for x in data["layers"]]
     assert lens_top.index(data["next"][0]["id"]) == data["first_top_layer"]
-    piped = run("explain", "-m", str(tiny_dir), "--json", "--seed", "0", input=TEXT)  # stdin, like complete
+    piped = run("explain", "-m", str(tiny_dir), "--json", "--seed", "0", "--dtype", "float32", input=TEXT)  # stdin
     assert json.loads(piped.stdout) == data
-    assert explained(tiny_dir, "--section", "cost") == {"cost": data["cost"]}
-    assert explained(tiny_dir, "--section", "lens")["first_top_layer"] == data["first_top_layer"]
+    assert explained(tiny_dir, "--section", "cost", "--dtype", "float32") == {"cost": data["cost"]}
+    assert explained(tiny_dir, "--section", "lens", "--dtype", "float32")["first_top_layer"] == data["first_top_layer"]
 
 
 def test_tokens_section_exact_with_partial_characters(tiny_dir):
