@@ -64,29 +64,68 @@ class StepRecorder:
         return self.steps[-1][1] if self.steps else 1.0
 
 
+@dataclass(frozen=True)
+class Recording:
+    """What one forward pass over a sequence left at each stage, as the engine computed it."""
+
+    token_embeddings: torch.Tensor  # (T, C): wte rows
+    position_embeddings: torch.Tensor  # (T, C): wpe rows
+    qkv: list[torch.Tensor]  # per layer, (T, 3C): the fused Q, K, V projection of every position
+    residual: list[torch.Tensor]  # per layer, (T or 1, C): the residual stream after the block
+    logits: torch.Tensor  # (T or 1, vocab): the model's own output
+
+
 @torch.inference_mode()
+def record(model: GPT, ids: list[int], last_only: bool = False) -> Recording:
+    """Run ids through the model's ordinary forward (the prefill path) with hooks on its stages.
+
+    Any KV cache is set aside for the pass, so this neither reads nor disturbs one.
+    ``last_only`` is the prefill of generation: the last block and the logits for the last
+    position only (its keys and values, and every earlier block, still cover all positions).
+    """
+    t = model.transformer
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        return lambda _module, _inputs, out: captured.__setitem__(name, out)
+
+    stages = [(t.wte, "wte"), (t.wpe, "wpe")]
+    for i, block in enumerate(t.h):
+        stages += [(block.attn.c_attn, f"qkv{i}"), (block, f"block{i}")]
+    caches = [block.attn.kv_cache for block in t.h]
+    hooks = [module.register_forward_hook(keep(name)) for module, name in stages]
+    try:
+        for block in t.h:
+            block.attn.kv_cache = None
+        idx = torch.tensor([ids], device=t.wte.weight.device)
+        logits = model(idx, last_only=last_only)[0]
+    finally:
+        for h in hooks:
+            h.remove()
+        for block, cache in zip(t.h, caches, strict=True):
+            block.attn.kv_cache = cache
+    return Recording(captured["wte"][0], captured["wpe"],  # wpe looked up by position (T,): no batch
+                     [captured[f"qkv{i}"][0] for i in range(len(t.h))],
+                     [captured[f"block{i}"][0] for i in range(len(t.h))], logits)
+
+
+def split_heads(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(T, 3C) fused projection -> q, k, v, each (1, nh, T, hs), as CausalSelfAttention splits it."""
+    T, C = qkv.shape[0], qkv.shape[1] // 3
+    return tuple(x.view(1, T, n_head, C // n_head).transpose(1, 2) for x in qkv.float().split(C, dim=1))
+
+
 def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
     """Attention weights of every layer and head, (n_layer, n_head, T, T); row i sums to 1 over keys 0..i.
 
     Hooks catch each layer's fused Q, K, V projection; the weights are then computed with the
     model's own ``attention_weights`` (the same math as the fused kernel, spelled out).
     """
-    captured: list[torch.Tensor] = []
-    hooks = [block.attn.c_attn.register_forward_hook(lambda _m, _i, out: captured.append(out))
-             for block in model.transformer.h]
-    try:
-        idx = torch.tensor([ids], device=model.transformer.wte.weight.device)
-        model(idx)
-    finally:
-        for h in hooks:
-            h.remove()
-    C, nh = model.config.n_embd, model.config.n_head
-    pos = torch.arange(len(ids), device=idx.device)
+    rec = record(model, ids)
+    pos = torch.arange(len(ids), device=rec.logits.device)
     maps = []
-    for qkv in captured:
-        q, k, _ = qkv.float().split(C, dim=2)
-        q = q.view(1, len(ids), nh, C // nh).transpose(1, 2)  # (1, nh, T, hs)
-        k = k.view(1, len(ids), nh, C // nh).transpose(1, 2)  # (1, nh, T, hs)
+    for qkv in rec.qkv:
+        q, k, _ = split_heads(qkv, model.config.n_head)
         maps.append(attention_weights(q, k, pos)[0])  # (nh, T, T)
     return torch.stack(maps).cpu()
 

@@ -237,7 +237,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             # the last block needs the keys and values of every position, the rest of the last alone
             x = block(x, input_pos, last_only and i == self.config.n_layer - 1)  # (B, T or 1, C)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        return self.head(x)  # (B, T or 1, vocab)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The final LayerNorm and the unembedding: residual stream (..., C) -> logits (..., vocab)."""
+        return self.lm_head(self.transformer.ln_f(x))
 
 
 def init_weights(model: GPT, seed: int = 0) -> GPT:
