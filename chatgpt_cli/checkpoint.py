@@ -6,6 +6,7 @@ every offset, dtype and shape in the header is checked before a byte of data is 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
@@ -66,6 +67,8 @@ def kind(path: Path) -> str:
     try:
         mode = path.stat().st_mode
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WeightsError(f"model path {path} is a loop of symbolic links") from None
         if path.is_symlink():
             raise WeightsError(f"model path {path} is a broken symbolic link ({e.strerror}): "
                                "its target is missing (a half-deleted download?)") from None
