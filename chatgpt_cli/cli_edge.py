@@ -1,17 +1,13 @@
-"""The command line's outer edge: what comes in (arguments) and what goes out (usage errors, help
-metavars, output that cannot be written) is made safe here, before and after any command runs."""
+"""The command line's outer edge, before any command runs: arguments that are not UTF-8, usage
+errors from click/typer as one line (`error: ...`, exit 2), and readable metavars in --help."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-from pathlib import Path
 
 import click
 from typer.core import TyperArgument, TyperGroup, TyperOption
-
-from chatgpt_cli.errors import ChatGPTCliError, UsageError
 
 
 def clean_argv(argv: list[str]) -> list[str]:
@@ -48,6 +44,10 @@ class OneLineErrors(TyperGroup):
     """The app's group: usage errors come out as one line, `error: ...`, exit 2 (not a boxed panel)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not stdout_usable():
+            sys.stderr.write("error: cannot write output: standard output is closed\n")
+            sys.exit(1)
+        args = clean_argv(sys.argv[1:] if args is None else list(args))
         try:
             rv = super().main(args=args, prog_name=prog_name or "chatgpt-cli", complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -80,22 +80,6 @@ TyperOption.display_type_rich = _metavar
 TyperArgument.display_type_rich = _metavar
 
 
-def cannot_write(e: OSError) -> ChatGPTCliError:
-    """stdout on a full disk, closed, or otherwise unwritable: one line, exit 1."""
-    silence_stdout()
-    return ChatGPTCliError(f"cannot write output: {e.strerror or e}")
-
-
-def silence_stdout() -> None:
-    """Point fd 1 at /dev/null, so Python's flush at exit does not fail once more."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
-    except OSError:
-        pass
-
-
 def stdout_usable() -> bool:
     if sys.stdout is None:
         return False
@@ -104,34 +88,3 @@ def stdout_usable() -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def finite(x: float) -> float | None:
-    """A number for JSON: NaN and infinities (not JSON) become null."""
-    return x if math.isfinite(x) else None
-
-
-def png_target(path: Path, layer: str, head: int) -> Path:
-    """Where `attention --png` writes: a directory gets a file named after the layer and head; the
-    extension must be one matplotlib writes (none: .png)."""
-    if layer == "all":
-        raise UsageError("--png draws one head's map: give --layer N (not 'all')")
-    if path.is_dir():
-        path = path / f"attention-layer{layer}-head{head}.png"
-    if not path.suffix:
-        path = path.with_name(path.name + ".png")
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ChatGPTCliError("--png needs matplotlib: pip install 'chatgpt-cli[plot]'") from None
-    formats = Figure().canvas.get_supported_filetypes()
-    if path.suffix[1:].lower() not in formats:
-        raise UsageError(f"--png {path.name}: matplotlib cannot write .{path.suffix[1:]} files; "
-                         f"use one of {', '.join('.' + f for f in sorted(formats))}")
-    return path
-
-
-def ascii_int(value: str) -> int | None:
-    """An ASCII decimal number, or None ('٣' and '²' are digits to str.isdigit, not to users)."""
-    return int(value) if value.isascii() and value.isdigit() else None
-

@@ -25,8 +25,13 @@ class PlainOutput:
         self._space = ""  # trailing whitespace, held until more text follows it
 
     def _write(self, stream: TextIO, text: str) -> None:
-        stream.write(text)
-        stream.flush()
+        try:
+            stream.write(text)
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:  # a full disk: one line at the edge, not a traceback
+            raise ChatGPTCliError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
 
     def reply_text(self, text: str) -> None:
         """Print the reply as it streams, without its leading and trailing whitespace."""

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hf_model, write_file, write_hf_dir
+from conftest import hf_model, write_hf_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from chatgpt_cli.chat import Chat, Settings, Turn
 from chatgpt_cli.cli import app
-from chatgpt_cli.repl import PlainOutput, run_piped
+from chatgpt_cli.repl import PlainOutput
 from chatgpt_cli.sampling import SamplingOptions, make_generator, probabilities, sample
 from chatgpt_cli.template import load_template
 from chatgpt_cli.tokenizer import EOT, Tokenizer
