@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-import click
+import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
+
+try:  # typer 0.2x carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 
 def clean_argv(argv: list[str]) -> list[str]:
@@ -24,18 +30,18 @@ def clean_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def one_line(e: click.ClickException) -> str:
+def one_line(e: click_errors.ClickException) -> str:
     """A click/typer usage error as one line, naming the command; no guessed suggestions."""
-    if isinstance(e, click.NoSuchOption):
+    if isinstance(e, click_errors.NoSuchOption):
         message = f"no such option: {e.option_name}"
         close = [p for p in (e.possibilities or []) if p.startswith(e.option_name) or e.option_name.startswith(p)]
         if close:
             message += f" (did you mean {' or '.join(sorted(close))}?)"
     else:
         message = e.format_message()
-    message = " ".join(message.split())
+    message = " ".join(message.split()).rstrip(".")
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, click.UsageError) and ctx is not None:
+    if isinstance(e, click_errors.UsageError) and ctx is not None:
         message += f"; see {ctx.command_path} --help"
     return message
 
@@ -51,12 +57,14 @@ class OneLineErrors(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name or "chatgpt-cli", complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.ClickException as e:
+        except click_errors.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # no command given: the help was printed
+                sys.exit(e.exit_code)
             sys.stderr.write(f"error: {one_line(e)}\n")
             if not standalone_mode:
                 raise
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             sys.stderr.write("\ninterrupted\n")
             sys.exit(130)
         if standalone_mode:
@@ -64,7 +72,7 @@ class OneLineErrors(TyperGroup):
         return rv
 
 
-def _metavar(self, ctx: click.Context) -> str | None:
+def _metavar(self, ctx: Any) -> str | None:
     """--help shows FLOAT, INTEGER, TEXT, PATH for values, nothing for flags (not <bool>, <list[str]>)."""
     if isinstance(self, TyperOption) and (self.is_flag or self.count):
         return None

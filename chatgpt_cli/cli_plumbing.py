@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from chatgpt_cli.cli_options import ENV_MODEL
-from chatgpt_cli.errors import ChatGPTCliError, UsageError, WeightsError
+from chatgpt_cli.errors import ChatGPTCliError, OutputError, UsageError, WeightsError
 from chatgpt_cli.render import WriteFailed
 from chatgpt_cli.resources import shipped
 
@@ -142,4 +142,4 @@ def write_out(text: str) -> None:
         raise
     except (OSError, ValueError, AttributeError) as e:  # a full disk, a closed or odd stdout
         quiet_broken_pipe()
-        raise ChatGPTCliError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
+        raise OutputError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None

@@ -10,7 +10,7 @@ from typing import TextIO
 from rich.console import Console
 
 from chatgpt_cli.chat import COMMANDS, Chat
-from chatgpt_cli.errors import ChatGPTCliError
+from chatgpt_cli.errors import ChatGPTCliError, OutputError
 from chatgpt_cli.render import prob_style
 
 CONTINUE = "... "
@@ -31,7 +31,7 @@ class PlainOutput:
         except BrokenPipeError:
             raise
         except (OSError, ValueError) as e:  # a full disk: one line at the edge, not a traceback
-            raise ChatGPTCliError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
+            raise OutputError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
 
     def reply_text(self, text: str) -> None:
         """Print the reply as it streams, without its leading and trailing whitespace."""
@@ -114,6 +114,8 @@ def handle(chat: Chat, message: str, out) -> bool:
         return chat.command(message, out)
     try:
         chat.say(message.removeprefix("/"), out)
+    except OutputError:
+        raise
     except ChatGPTCliError as e:  # the conversation so far is kept
         out.error(str(e))
         out.no_reply()
