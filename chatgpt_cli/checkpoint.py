@@ -47,7 +47,7 @@ def find_files(path: Path) -> tuple[list[Path], dict | None]:
         shards = [path / name for name in names]
         for shard in shards:
             if not shard.is_file():
-                raise WeightsError(f"{index} names a shard that is missing or not a regular file: {shard.name}")
+                raise WeightsError(f"{index} names a shard that is missing: {shard.name} (or not a regular file)")
         return shards, config
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"], config

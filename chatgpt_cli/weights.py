@@ -100,6 +100,8 @@ def check_sizes(config: GPTConfig, tensors: dict[str, torch.Tensor], where: Path
              "n_layer": len(layers)}
     wrong = [f"{name} {getattr(config, name)} but the tensors have {n}" for name, n in found.items()
              if getattr(config, name) != n]
+    if config.n_layer > len(layers):
+        wrong.append(f"missing the tensors of layers transformer.h.{len(layers)}..{config.n_layer - 1}")
     if wrong:
         raise WeightsError(f"{where}: the config does not match the weights: {'; '.join(wrong)}")
     if config.n_head > config.n_embd:

@@ -36,12 +36,12 @@ def run(*args, input=None, env=None):
     return runner.invoke(app, [str(a) for a in args], input=input, env=env)
 
 
-def clean(r, code=0):
-    """Exit status as expected, no traceback, at most one error line."""
+def clean(r, code=0, errors=1):
+    """Exit status as expected, no traceback, at most one error line (or as many as chat lines that err)."""
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
     assert "Traceback" not in r.stderr and not isinstance(r.exception, (AssertionError, TypeError, ValueError,
                                                                       RuntimeError, IndexError, KeyError))
-    assert sum(line.startswith("error:") for line in r.stderr.splitlines()) <= 1, r.stderr
+    assert sum(line.startswith("error:") for line in r.stderr.splitlines()) <= errors, r.stderr
     return r
 
 
@@ -172,8 +172,8 @@ def test_12_3_non_utf8_files_and_stdin_are_replaced(tiny_dir, tmp_path):
     r = clean(chat(tiny_dir, [f"/load {f}", "/show"], "-n", "2"))
     assert "loaded 1 exchange" in r.stderr
     tmpl = tmp_path / "t.toml"
-    tmpl.write_bytes(load_template("default").system.join(['system = "', '\xff"\n']).encode("latin-1")
-                     + (BUNDLED.parent / "prompts" / "default.toml").read_bytes().split(b"\n", 2)[2])
+    shipped = (BUNDLED.parent / "prompts" / "default.toml").read_bytes()
+    tmpl.write_bytes(shipped.replace(b'system = "', b'system = "\xff', 1))
     clean(chat(tiny_dir, ["Hi"], "-n", "2", "--template", tmpl))
     clean(runner.invoke(app, ["complete", "-m", str(tiny_dir), "-n", "2"], input=b"caf\xe9 \xff"))
 
@@ -402,7 +402,7 @@ def test_12_20_save_refuses_to_replace(tiny_dir, tmp_path):
     target.write_text("keep me too")
     link = tmp_path / "link.json"
     link.symlink_to(target)
-    r = clean(chat(tiny_dir, ["Hi", f"/save {existing}", f"/save {link}"], "-n", "2"))
+    r = clean(chat(tiny_dir, ["Hi", f"/save {existing}", f"/save {link}"], "-n", "2"), errors=2)
     assert existing.read_text() == "keep me" and link.is_symlink() and target.read_text() == "keep me too"
     assert r.stderr.count("exists; nothing saved (/save! ") == 2
     r = clean(chat(tiny_dir, ["Hi", f"/save! {existing}"], "-n", "2"))
@@ -467,7 +467,7 @@ def test_12_21_new_history_file_is_0600(tiny_dir, tmp_path):
 def test_12_23_slash_messages_over_a_pipe_keep_lines_aligned(tiny_dir, tmp_path):
     f = tmp_path / "c.json"
     r = clean(chat(tiny_dir, ["one", "/etc/hosts is a file?", "//etc/hosts is a file?", "/nosuch", "three",
-                              f"/save {f}"], "-n", "2", "-t", "0"))
+                              f"/save {f}"], "-n", "2", "-t", "0"), errors=2)
     assert len(r.stdout.split("\n")) == 5 + 1  # one output line per input line, /save aside
     assert r.stdout.split("\n")[1] == "" and r.stdout.split("\n")[3] == ""
     assert r.stderr.count("error: unknown command") == 2 and "//" in r.stderr
@@ -485,7 +485,7 @@ def test_12_24_first_reply_after_loading_a_long_chat_is_linear(tiny_dir, tmp_pat
                                  "settings": Settings(max_tokens=2).__dict__, "turns": turns}))
         t0 = time.perf_counter()
         r = clean(chat(tiny_dir, [f"/load {f}", "next", "/show"], "-n", "2"))
-        assert f"exchanges: {n} (" in r.stderr
+        assert f"exchanges: {n + 1} (" in r.stderr
         return time.perf_counter() - t0
 
     first_reply_seconds(10)
