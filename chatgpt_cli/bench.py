@@ -63,7 +63,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def decode_rate(engine: Engine, prompt: list[int], n: int) -> float:
     greedy = SamplingOptions(temperature=0)
     engine.cached = []  # measure from a cold cache
-    for _ in engine.generate(prompt, n, greedy, stop_at_eot=False):
+    for _ in engine.generate(prompt, n + 1, greedy, stop_at_eot=False):  # the first comes from the prefill
         pass
     return engine.stats.decode_tok_s
 
@@ -77,7 +77,7 @@ def measure(model: GPT, runs: int = 3, new_tokens: int = 32, prefill_len: int = 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (window,), generator=gen).tolist()
     prefill_len = min(prefill_len, window - 1)
-    long_context = max(8, min(long_context, window - new_tokens - 1))
+    long_context = max(8, min(long_context, window - new_tokens - 2))
     engine = Engine(model)
     decode_rate(engine, ids[:8], 4)  # warm up
 

@@ -34,9 +34,11 @@ HELP = """Commands:
   /show                 settings, template and context used
   /retry                sample the last reply again
   /undo                 drop the last exchange
-  /save FILE            save the conversation as JSON
+  /save FILE            save the conversation as JSON (never over an existing file)
+  /save! FILE           save, replacing FILE if it exists
   /load FILE            load a conversation saved with /save
-  /exit                 leave (or Ctrl-D)"""
+  /exit                 leave (or Ctrl-D)
+A message that starts with / is sent by doubling it: //etc/hosts is a file? sends /etc/hosts ..."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,17 @@ class Settings:
     logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        """As strict as the command-line options: a saved file with a float seed or a boolean
+        temperature is refused, not carried to the next reply."""
+        for name in ("temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", "min_p"):
+            value = getattr(self, name)
+            if not is_number(value):
+                raise UsageError(f"{name} must be a number, not {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("top_k", "max_tokens", "seed", "repeat_last_n", "no_repeat_ngram"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "seed" and value is None):
+                raise UsageError(f"{name} must be a whole number, not {value!r}")
         object.__setattr__(self, "logit_bias", self.sampling().logit_bias)  # checks them all, and JSON lists -> tuples
         if self.max_tokens < 1:
             raise UsageError(f"max_tokens must be >= 1, not {self.max_tokens}")
@@ -66,6 +79,16 @@ class Settings:
 SETTING_KINDS = {"temperature": float, "top_k": int, "top_p": float, "max_tokens": int, "seed": int,
                  "repeat_penalty": float, "repeat_last_n": int, "frequency_penalty": float, "presence_penalty": float,
                  "no_repeat_ngram": int, "min_p": float, "logit_bias": str}
+
+
+def is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an int too large for a float
+        return False
+    return True
 
 
 @dataclass
@@ -103,7 +126,8 @@ class Chat:
         if self.system is None:
             self.system = self.template.system
         self.generator = make_generator(self.settings.seed)
-        self.first_in_window = 0  # exchanges before this one no longer fit the window (but are kept)
+        self.first_in_window = 0  # exchanges before this one did not fit the last prompt (but are kept)
+        self._encoded: dict[tuple[int, str, str], list[int]] = {}  # each exchange's tokens, encoded once
 
     # --- the transcript -------------------------------------------------------------------
     def history(self, turns: list[Turn]) -> list[str]:
@@ -121,26 +145,58 @@ class Chat:
     def encode(self, pieces: list[str]) -> list[int]:
         return [i for piece in pieces for i in self.tokenizer.encode(piece)]
 
+    def turn_ids(self, turn: Turn) -> list[int]:
+        key = (id(self.template), turn.user, turn.reply)
+        if key not in self._encoded:
+            self._encoded[key] = self.encode([self.template.render_user(turn.user),
+                                              self.template.render_reply(turn.reply)])
+        return self._encoded[key]
+
+    def window_start(self, budget: int) -> int:
+        """The first exchange of the longest run of latest exchanges that fits in budget tokens.
+
+        Each exchange is encoded once and the run grows from the newest: linear in the exchanges."""
+        start, used = len(self.turns), 0
+        while start > 0 and used + len(self.turn_ids(self.turns[start - 1])) <= budget:
+            start -= 1
+            used += len(self.turn_ids(self.turns[start]))
+        return start
+
+    @property
+    def room(self) -> int:
+        """Prompt tokens at most: the window less room for the reply."""
+        return prompt_room(self.engine.window, self.settings.max_tokens)
+
     def fit(self, message: str, out: Output) -> list[int]:
-        """Tokens for the next reply, dropping the oldest whole turns when the window is too small."""
-        room = prompt_room(self.engine.window, self.settings.max_tokens)
-        start = self.first_in_window = min(self.first_in_window, len(self.turns))
-        while True:
-            ids = self.encode(self.transcript(self.turns[start:], message))
-            if len(ids) <= room or start == len(self.turns):
-                break
-            start += 1
+        """Tokens for the next reply: the system prompt, the latest exchanges that fit, the message.
+
+        The oldest whole exchanges are dropped when the window is too small (they come back when
+        they fit again); the user's message is always there: the system prompt is cut before it."""
+        room = self.room
+        head = self.encode([self.template.render_system(self.system)])
+        tail = self.encode([self.template.render_user(message), self.template.assistant_prefix])
+        start = self.window_start(room - len(head) - len(tail))
         if start > self.first_in_window:
             out.info(f"(the conversation outgrew the {self.engine.window}-token window: the model no longer sees "
                      f"the oldest {start} exchange(s); the system prompt is kept, and /save keeps them all)")
-            self.first_in_window = start
-        if len(ids) > room:  # one message longer than the window: keep the system prompt and its end
-            head = self.encode([self.template.render_system(self.system)])
-            tail = self.encode(self.transcript([], message)[1:])
-            keep = max(room - len(head), 1)
-            ids = (head + tail[-keep:])[-room:]
-            out.info(f"(the message is too long for the window: kept its last {keep} tokens)")
+        self.first_in_window = start
+        ids = head + [i for turn in self.turns[start:] for i in self.turn_ids(turn)] + tail
+        if len(ids) > room and len(tail) >= room:
+            ids = tail[-room:]
+            out.info(f"(the message is too long for the window: kept its last {room} tokens, "
+                     "without the system prompt)")
+        elif len(ids) > room:
+            keep = room - len(tail)
+            ids = head[:keep] + tail
+            out.info(f"(the system prompt is too long for the window: kept its first {keep} of {len(head)} tokens)")
         return ids
+
+    def context(self) -> tuple[int, int]:
+        """(exchanges the model sees, tokens they take with the system prompt, at most the window)."""
+        head = len(self.encode([self.template.render_system(self.system)]))
+        start = self.window_start(self.room - head)
+        used = head + sum(len(self.turn_ids(t)) for t in self.turns[start:])
+        return len(self.turns) - start, min(used, self.engine.window)
 
     # --- replies ----------------------------------------------------------------------------
     def say(self, message: str, out: Output) -> Turn:
@@ -158,15 +214,14 @@ class Chat:
                 out.reply_text(stream.push(token))
                 if stream.stopped:
                     break
-            out.reply_text(stream.finish())
+            out.reply_text(stream.finish(keep_partial_stop=False))
         except KeyboardInterrupt:
             cut = True
         seconds = time.perf_counter() - t0
         turn = Turn(message, stream.text.strip(), cut)
         self.turns.append(turn)
-        used = len(ids) + n
         out.reply_end(f"{n} tokens · {n / seconds if seconds else 0:.1f} tok/s · "
-                      f"context {used}/{self.engine.window}", cut)
+                      f"context {self.context()[1]}/{self.engine.window}", cut)
         return turn
 
     # --- commands ---------------------------------------------------------------------------
@@ -219,7 +274,7 @@ class Chat:
 
     def cmd_show(self, arg: str, out: Output) -> None:
         s = self.settings
-        used = len(self.encode(self.history(self.turns[self.first_in_window:])))
+        seen, used = self.context()
         out.info(f"template: {self.template.name} ({self.template.description})\n"
                  f"system: {self.system}\n"
                  f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, "
@@ -227,7 +282,7 @@ class Chat:
                  f"repeat_penalty {s.repeat_penalty}, repeat_last_n {s.repeat_last_n}, "
                  f"frequency_penalty {s.frequency_penalty}, presence_penalty {s.presence_penalty}, "
                  f"no_repeat_ngram {s.no_repeat_ngram}, min_p {s.min_p}, logit_bias {list(s.logit_bias)}\n"
-                 f"exchanges: {len(self.turns)} ({len(self.turns) - self.first_in_window} in the window); "
+                 f"exchanges: {len(self.turns)} ({seen} in the window); "
                  f"context used: {used}/{self.engine.window} tokens")
 
     def cmd_retry(self, arg: str, out: Output) -> None:
@@ -242,10 +297,13 @@ class Chat:
         self.turns.pop()
         out.info("(last exchange dropped)")
 
-    def cmd_save(self, arg: str, out: Output) -> None:
+    def cmd_save(self, arg: str, out: Output, force: bool = False) -> None:
         if not arg:
-            raise UsageError("usage: /save FILE")
-        save_json(Path(arg).expanduser(), self.to_json())
+            raise UsageError("usage: /save FILE (or /save! FILE to replace it)")
+        path = Path(arg).expanduser()
+        if not force and os.path.lexists(path):
+            raise UsageError(f"{arg} exists; nothing saved (/save! {arg} replaces it)")
+        save_json(path, self.to_json())
         out.info(f"(saved {len(self.turns)} exchange(s) to {arg})")
 
     def cmd_load(self, arg: str, out: Output) -> None:
@@ -272,19 +330,20 @@ class Chat:
             raise ChatGPTCliError(f"not a chatgpt-cli chat file ({type(e).__name__}: {e})"
                                   if str(e) else "not a chatgpt-cli chat file") from None
         self.template, self.system, self.settings, self.turns = template, data["system"], settings, turns
-        self.first_in_window = 0
+        self.first_in_window, self._encoded = 0, {}
         self.generator = make_generator(settings.seed)
 
 
 COMMANDS = {f"/{name[4:]}": fn for name, fn in vars(Chat).items() if name.startswith("cmd_")}
+COMMANDS["/save!"] = lambda chat, arg, out: chat.cmd_save(arg, out, force=True)
 
 
 def read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8", errors="replace"))
     except FileNotFoundError:
         raise ChatGPTCliError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, RecursionError) as e:
         raise ChatGPTCliError(f"cannot read {path}: {e}") from None
 
 
@@ -293,7 +352,7 @@ def save_json(path: Path, data: dict) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:  # lone surrogates: replaced
                 json.dump(data, f, indent=2, ensure_ascii=False)
                 f.write("\n")
             os.chmod(tmp, 0o600)

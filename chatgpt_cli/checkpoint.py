@@ -6,9 +6,12 @@ every offset, dtype and shape in the header is checked before a byte of data is 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
+import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -27,9 +30,7 @@ CONVERT_HINT = ("only safetensors files are loaded (pickles are never opened); c
 
 def find_files(path: Path) -> tuple[list[Path], dict | None]:
     """The safetensors file(s) and the parsed config.json (or None) for a file or directory."""
-    if not path.exists():
-        raise WeightsError(f"model not found: {path}")
-    if path.is_file():
+    if kind(path) == "file":
         refuse_pickle(path)
         config_file = path.with_name("config.json")
         return [path], (read_json(config_file) if config_file.is_file() else None)
@@ -39,14 +40,18 @@ def find_files(path: Path) -> tuple[list[Path], dict | None]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise WeightsError(f"{index}: no 'weight_map' of tensor names to shard files")
-        shards = [path / name for name in sorted(set(map(str, weight_map.values())))]
+        names = sorted(set(map(str, weight_map.values())))
+        for name in names:
+            if not name or os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
+                raise WeightsError(f"{index} names a shard outside the model directory: {name!r}")
+        shards = [path / name for name in names]
         for shard in shards:
             if not shard.is_file():
-                raise WeightsError(f"{index} names a shard that is missing: {shard.name}")
+                raise WeightsError(f"{index} names a shard that is missing: {shard.name} (or not a regular file)")
         return shards, config
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"], config
-    found = sorted(path.glob("*.safetensors"))
+    found = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if len(found) == 1:
         return found, config
     if found:
@@ -55,6 +60,26 @@ def find_files(path: Path) -> tuple[list[Path], dict | None]:
     if pickles:
         raise WeightsError(f"{path} holds {pickles[0]}, not safetensors: {CONVERT_HINT}")
     raise WeightsError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
+
+
+def kind(path: Path) -> str:
+    """ "file" or "dir"; anything else (missing, a dangling link, a loop, a FIFO, a device) is an error."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WeightsError(f"model path {path} is a loop of symbolic links") from None
+        if path.is_symlink():
+            raise WeightsError(f"model path {path} is a broken symbolic link ({e.strerror}): "
+                               "its target is missing (a half-deleted download?)") from None
+        raise WeightsError(f"model not found: {path}" if isinstance(e, FileNotFoundError)
+                           else f"cannot open {path}: {e.strerror}") from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    raise WeightsError(f"model path {path} is not a regular file or a directory (a pipe, device or socket "
+                       "cannot be memory-mapped); save the weights to a file first")
 
 
 def refuse_pickle(path: Path) -> None:
@@ -77,12 +102,14 @@ def read_json(path: Path) -> dict:
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], mmap.mmap | None]:
     """Memory-map one safetensors file: (tensors by name, metadata, the map). Every offset is checked."""
+    if kind(path) != "file":
+        raise WeightsError(f"{path} is a directory, not a safetensors file")
     try:
         f = path.open("rb")
     except OSError as e:
         raise WeightsError(f"cannot open {path}: {e.strerror}") from None
     with f:
-        size = path.stat().st_size
+        size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise WeightsError(f"{path} is truncated or not a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", f.read(8))
@@ -107,8 +134,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def tensor_from(path: Path, name: str, info: object, mm: mmap.mmap | None, base: int, data_size: int) -> torch.Tensor:
     try:
         dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        if not (isinstance(dtype_name, str) and isinstance(shape, list) and isinstance(start, int)
-                and isinstance(end, int) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(dtype_name, str) and isinstance(shape, list) and is_int(start) and is_int(end)
+                and all(is_int(d) and 0 <= d < 2**62 for d in shape)):
             raise TypeError
     except (TypeError, KeyError, ValueError):
         raise WeightsError(f"{path}: malformed header entry for tensor {name!r}") from None
@@ -126,6 +153,10 @@ def tensor_from(path: Path, name: str, info: object, mm: mmap.mmap | None, base:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start).view(shape)
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class Mapped:

@@ -13,9 +13,10 @@ from typing import Annotated
 import typer
 
 from chatgpt_cli import __version__, cli_bench, cli_chat, cli_complete, cli_explain, cli_info, cli_inspect
+from chatgpt_cli.cli_edge import OneLineErrors
 from chatgpt_cli.cli_plumbing import err, quiet_broken_pipe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Chat with and generate text from GPT-2 models, locally.")
 
 

@@ -96,9 +96,10 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         recorder = StepRecorder(options, alternatives)
         painter = console() if show_probs and sys.stdout.isatty() else None
     t0 = time.perf_counter()
-    first = None
+    first, generated = None, 0
     try:
         for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos, on_step=recorder):
+            generated += 1
             if first is None:
                 first = time.perf_counter() - t0
             if token == tok.eot and not ignore_eos:
@@ -124,7 +125,7 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
     if verbose:
         s = engine.stats
         err(f"prompt {s.prompt_tokens} tokens, prefill {s.prefill_tokens / max(s.prefill_seconds, 1e-9):.1f} tok/s; "
-            f"first token after {first or 0:.3f}s; {s.decode_tokens + 1 if first else 0} tokens generated, "
+            f"first token after {first or 0:.3f}s; {generated} tokens generated, "
             f"decode {s.decode_tok_s:.1f} tok/s")
 
 

@@ -6,6 +6,7 @@ The computations live in insight.py, the tables and heat maps in render.py.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, sampling_options
-from chatgpt_cli.cli_plumbing import guarded, load, prompt_text, read_stdin, write_out
+from chatgpt_cli.cli_plumbing import err, guarded, load, prompt_text, read_stdin, write_out
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
 
 
@@ -46,11 +47,11 @@ def next_token(
         for c in cands:
             cumulative += c.prob
             rows.append({"token": tok.token_bytes(c.token).decode("utf-8", errors="replace"), "id": c.token,
-                         "logit": round(c.logit, 4), "prob": round(c.prob, 6), "cumulative": round(cumulative, 6),
-                         "sampled_prob": round(c.sampled_prob, 6)})
+                         "logit": finite(c.logit, 4), "prob": finite(c.prob, 6), "cumulative": finite(cumulative, 6),
+                         "sampled_prob": finite(c.sampled_prob, 6)})
         if as_json:
             write_out(json.dumps({"text_tokens": len(ids), "temperature": o.temperature, "top_k": o.top_k,
-                                  "top_p": o.top_p, "candidates": rows}, ensure_ascii=False) + "\n")
+                                  "top_p": o.top_p, "candidates": rows}, ensure_ascii=False, allow_nan=False) + "\n")
             return
         from chatgpt_cli.render import print_table, shown
 
@@ -79,10 +80,12 @@ def attention(
 
         loaded = load(model, dtype, device, verbose=False)
         c = loaded.config
-        if layer != "all" and not (layer.isdigit() and int(layer) < c.n_layer):
+        if layer != "all" and not (layer.isascii() and layer.isdigit() and int(layer) < c.n_layer):
             raise UsageError(f"--layer must be 0..{c.n_layer - 1} or 'all', not {layer!r}")
         if not 0 <= head < c.n_head:
             raise UsageError(f"--head must be 0..{c.n_head - 1}, not {head}")
+        if png is not None:
+            png = png_target(png, layer, head)
         tok = Tokenizer()
         ids = tok.encode(prompt_text(text))[-c.n_positions:]
         if not ids:
@@ -101,12 +104,38 @@ def attention(
         weights = maps[int(layer), head]
         if png:
             save_png(weights, labels, png, f"layer {layer}, head {head}")
+            err(f"(saved the heat map to {png})")
         if as_json:
             write_out(json.dumps({"layer": int(layer), "head": head, "tokens": labels,
                                   "weights": [[round(w, 6) for w in row] for row in weights.tolist()]},
                                  ensure_ascii=False) + "\n")
             return
         show_heat_map(weights.tolist(), labels, f"Attention, layer {layer}, head {head}")
+
+
+def finite(x: float, digits: int) -> float | None:
+    """A number for JSON: NaN and infinities (which JSON has not) become null."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def png_target(path: Path, layer: str, head: int) -> Path:
+    """Where `attention --png` writes: into a directory, a file named after the layer and head; the
+    extension must be one matplotlib writes (none: .png). Checked before the model runs."""
+    if layer == "all":
+        raise UsageError("--png draws one head's map: give --layer N, not 'all'")
+    if path.is_dir():
+        path = path / f"attention-layer{layer}-head{head}.png"
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ChatGPTCliError("--png needs matplotlib: pip install 'chatgpt-cli[plot]'") from None
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise UsageError(f"--png {path.name}: matplotlib cannot write {path.suffix} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
 
 
 def save_png(weights, labels: list[str], path: Path, title: str) -> None:
@@ -130,8 +159,8 @@ def save_png(weights, labels: list[str], path: Path, title: str) -> None:
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise ChatGPTCliError(f"cannot write {path}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:
+        raise ChatGPTCliError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
     finally:
         plt.close(fig)
 
@@ -177,7 +206,7 @@ def score(
                 pairs = zip(ids[1:], result.token_logprobs, strict=True)
                 data["per_token"] = [{"token": tok.token_bytes(i).decode("utf-8", errors="replace"), "id": i,
                                       "prob": math.exp(lp)} for i, lp in pairs]
-            write_out(json.dumps(data, ensure_ascii=False) + "\n")
+            write_out(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
             return
         if per_token:
             from chatgpt_cli.render import print_table, shown

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from chatgpt_cli.cli_options import ENV_MODEL
-from chatgpt_cli.errors import ChatGPTCliError
+from chatgpt_cli.errors import ChatGPTCliError, OutputError, UsageError, WeightsError
+from chatgpt_cli.render import WriteFailed
 from chatgpt_cli.resources import shipped
 
 if TYPE_CHECKING:
@@ -47,12 +48,21 @@ def guarded() -> Iterator[None]:
     except BrokenPipeError:
         quiet_broken_pipe()
         raise typer.Exit(0) from None
+    except WriteFailed as e:  # rich could not write a table: a full disk, a closed descriptor
+        quiet_broken_pipe()
+        err(f"error: cannot write output: {e}")
+        raise typer.Exit(1) from None
 
 
 def quiet_broken_pipe() -> None:
-    """The reader went away (`| head`): stop quietly, without Python's complaint at exit."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    """The reader went away (`| head`), or stdout failed: stop quietly, without Python's complaint
+    at exit (its last flush goes to /dev/null)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def handle_sigterm() -> None:
@@ -60,7 +70,9 @@ def handle_sigterm() -> None:
 
 
 def model_path(model: str | None) -> Path:
-    if model:
+    if model is not None:
+        if not model.strip():
+            raise UsageError("--model is empty: give a .safetensors file or a model directory")
         return Path(model)
     if os.environ.get(ENV_MODEL):
         return Path(os.environ[ENV_MODEL])
@@ -74,11 +86,18 @@ def model_path(model: str | None) -> Path:
 def load(model: str | None, dtype: str, device: str, verbose: bool) -> LoadedModel:
     t0 = time.perf_counter()
     from chatgpt_cli.memory import large_blocks_returned
-    from chatgpt_cli.weights import load_model
+    from chatgpt_cli.weights import check_usable, load_model
 
-    with warnings.catch_warnings(record=True) as caught, large_blocks_returned():
-        warnings.simplefilter("always")
-        loaded = load_model(model_path(model), dtype=dtype, device=device)
+    path = model_path(model)
+    try:
+        with warnings.catch_warnings(record=True) as caught, large_blocks_returned():
+            warnings.simplefilter("always")
+            loaded = load_model(path, dtype=dtype, device=device)
+        check_usable(loaded.config, path)
+    except WeightsError as e:
+        if model is None and os.environ.get(ENV_MODEL):  # say where the path came from
+            raise WeightsError(f"{e} (from ${ENV_MODEL})") from None
+        raise
     for w in caught:
         err(f"warning: {w.message}")
     if verbose:
@@ -116,5 +135,11 @@ def has_stdin_data() -> bool:
 
 
 def write_out(text: str) -> None:
-    sys.stdout.buffer.write(text.encode("utf-8"))
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(text.encode("utf-8", errors="replace"))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError, AttributeError) as e:  # a full disk, a closed or odd stdout
+        quiet_broken_pipe()
+        raise OutputError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None

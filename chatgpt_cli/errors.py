@@ -16,3 +16,7 @@ class UsageError(ChatGPTCliError):
 
 class WeightsError(ChatGPTCliError):
     """A weights file or directory that is missing, malformed, or does not fit GPT-2."""
+
+
+class OutputError(ChatGPTCliError):
+    """Standard output cannot be written (a full disk, a closed descriptor): nothing more can be shown."""

@@ -147,7 +147,7 @@ class Engine:
             tokens.append(token)
             if len(self.cached) >= self.window:
                 self.stats.reencodes += 1
-                logits = self._feed(tokens[-(self.window // 2):])
+                logits = self._feed(tokens[-max(self.window // 2, 1):])
                 continue
             sync(self.device)
             t0 = time.perf_counter()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from chatgpt_cli.errors import ChatGPTCliError
 from chatgpt_cli.model import GPT, attention_weights
-from chatgpt_cli.sampling import SamplingOptions, probabilities
+from chatgpt_cli.sampling import N_VOCAB, SamplingOptions, clean_logits, probabilities
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,11 @@ def candidates(logits: torch.Tensor, n: int, temperature: float = 1.0, top_k: in
                min_p: float = 0.0, adjusted: torch.Tensor | None = None) -> list[Candidate]:
     """The n most likely next tokens (by raw logit) with raw and sampling probabilities; the latter
     from ``adjusted`` (the logits after sampling.adjust) when given."""
-    raw = torch.softmax(logits.float(), dim=-1)
+    clean = clean_logits(logits)  # padded ids are never listed; NaN logits rank last
+    raw = torch.softmax(clean, dim=-1)
     sampled = probabilities(logits if adjusted is None else adjusted, temperature, top_k, top_p, min_p)
-    top = torch.topk(logits, min(n, logits.shape[-1]))
-    pairs = zip(top.values, top.indices, strict=True)
-    return [Candidate(int(i), float(v), float(raw[i]), float(sampled[i])) for v, i in pairs]
+    top = torch.topk(clean, min(n, logits.shape[-1], N_VOCAB))
+    return [Candidate(int(i), float(logits[i]), float(raw[i]), float(sampled[i])) for i in top.indices]
 
 
 @dataclass
@@ -174,10 +175,13 @@ def score(model: GPT, ids: list[int], progress: Callable[[int], None] | None = N
     logprobs: list[float] = []
     for start, end, first in windows(len(ids), model.config.n_positions):
         idx = torch.tensor([ids[start:end]], device=device)
-        logits = model(idx)[0].float()  # (T, vocab)
+        logits = model(idx)[0, :, :N_VOCAB].float()  # (T, vocab): padded ids are never a next token
         targets = idx[0, first - start:]  # the tokens scored in this window
         lp = F.log_softmax(logits[first - start - 1:-1], dim=-1).gather(1, targets[:, None])[:, 0]
         logprobs.extend(lp.cpu().tolist())
         if progress:
             progress(end - first)
+    if not all(map(math.isfinite, logprobs)):
+        raise ChatGPTCliError("cannot score: the model's outputs are not finite numbers "
+                              "(its weights hold NaN or infinite values)")
     return Score(len(logprobs), -sum(logprobs) / len(logprobs), logprobs)

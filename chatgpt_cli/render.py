@@ -7,6 +7,7 @@ as plain numbers and lists. ``tok`` is anything with ``token_bytes(id) -> bytes`
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,9 +20,43 @@ TOKENS_SHOWN = 12  # explain: a long text lists this many tokens at each end
 EMBEDDINGS_SHOWN = 3  # ... and the embeddings of this many
 
 
+class WriteFailed(Exception):
+    """stdout could not be written (a full disk, a closed descriptor); the message says why."""
+
+
+class _Checked:
+    """A stream whose failed writes raise BrokenPipeError (the reader left) or WriteFailed."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:
+            raise WriteFailed(getattr(e, "strerror", None) or str(e)) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich's own exits with status 1; the CLI's edge handles it
+        raise BrokenPipeError
+
+
 def console(stderr: bool = False, highlight: bool = False) -> Console:
-    """A console that honours NO_COLOR."""
-    return Console(stderr=stderr, highlight=highlight, color_system=None if os.environ.get("NO_COLOR") else "auto")
+    """A console that honours NO_COLOR, for stdout (or stderr); write failures raise (see _Checked)."""
+    return _Console(file=_Checked(sys.stderr if stderr else sys.stdout), highlight=highlight,
+                    color_system=None if os.environ.get("NO_COLOR") else "auto")
 
 
 def shown(tok, token: int) -> str:
@@ -52,38 +87,49 @@ def print_alternatives(out: Console, tok, recorder) -> None:
 
     ``recorder`` is an insight.StepRecorder: ``alternatives`` and ``steps`` (picked, prob, candidates).
     """
+    rows = [[str(step), f"{shown(tok, picked)} {p:.3f}",
+             *[f"{'> ' if c.token == picked else ''}{shown(tok, c.token)} {c.sampled_prob:.3f}" for c in alts]]
+            for step, (picked, p, alts) in enumerate(recorder.steps, 1)]
+    headers = ["step", "picked", *[f"#{i + 1}" for i in range(recorder.alternatives)]]
+    widths = [max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) for i, h in enumerate(headers)]
+    shown_columns, used = 2, 1 + sum(w + 3 for w in widths[:2])  # each column: its cells, padding, a border
+    while shown_columns < len(headers) and used + widths[shown_columns] + 3 <= out.width:
+        used += widths[shown_columns] + 3
+        shown_columns += 1
     table = Table(title="Alternatives at each step (probability after temperature / top-k / top-p)")
-    table.add_column("step", justify="right")
-    table.add_column("picked")
-    for i in range(recorder.alternatives):
-        table.add_column(f"#{i + 1}")
-    for step, (picked, p, alts) in enumerate(recorder.steps, 1):
-        cells = [f"{'> ' if c.token == picked else ''}{shown(tok, c.token)} {c.sampled_prob:.3f}" for c in alts]
-        table.add_row(str(step), f"{shown(tok, picked)} {p:.3f}", *cells)
+    for i, h in enumerate(headers[:shown_columns]):
+        table.add_column(h, justify="right" if i == 0 else "left", overflow="fold")
+    for r in rows:
+        table.add_row(*r[:shown_columns])
     out.print(table)
+    if shown_columns < len(headers):
+        out.print(f"(showing {shown_columns - 2} of {recorder.alternatives} alternatives: the terminal is "
+                  f"{out.width} columns wide)", style="dim")
 
 
 def show_heat_map(weights: list[list[float]], labels: list[str], title: str) -> None:
     """Attention weights (query rows, key columns) as coloured cells; the masked future dimmed."""
     out = console()
-    if len(labels) > MAX_MAP_TOKENS:
-        out.print(f"(showing the last {MAX_MAP_TOKENS} of {len(labels)} tokens)", style="dim")
-        weights = [row[-MAX_MAP_TOKENS:] for row in weights[-MAX_MAP_TOKENS:]]
-        labels = labels[-MAX_MAP_TOKENS:]
+    names = [f"{i:>2} {elide(repr(label), 14)}" for i, label in enumerate(labels)]
+    fit = max(1, (out.width - max(len(n) for n in names + ["query \\ key "])) // 3)  # cells are 3 wide
+    n = min(len(labels), MAX_MAP_TOKENS, fit)
+    if n < len(labels):
+        out.print(f"(showing the last {n} of {len(labels)} tokens: what fits {out.width} columns)", style="dim")
+    first = len(labels) - n
     out.print(title, style="bold")
     table = Table(show_lines=False, box=None, padding=(0, 0))
-    table.add_column("query \\ key", justify="right", no_wrap=True)
-    for j in range(len(labels)):
-        table.add_column(str(j), justify="center", width=3)
-    for i, row in enumerate(weights):
+    table.add_column("query \\ key ", justify="right", no_wrap=True)
+    for j in range(first, len(labels)):
+        table.add_column(str(j)[-3:], justify="center", width=3, no_wrap=True)
+    for i in range(first, len(labels)):
         cells = []
-        for j, w in enumerate(row):
+        for j, w in enumerate(weights[i][first:], first):
             if j > i:
                 cells.append("[dim] · [/dim]")  # masked: a token never sees the future
             else:
                 level = int(round(w * 9))
                 cells.append(f"[on rgb({int(255 * w)},{int(80 * w)},{int(255 * (1 - w) * 0.3)})]{level:^3}[/]")
-        table.add_row(f"{i:>2} {labels[i]!r}", *cells)
+        table.add_row(names[i], *cells)
     out.print(table)
     out.print("cells: attention weight x 9, rounded (row sums to 1); · = masked (a key in the future)", style="dim")
 
@@ -98,6 +144,10 @@ def show_attention_summary(summary: list[list[tuple[int, float]]], labels: list[
         cells = [f"{labels[j]!r} {w:.2f}" for j, w in (summary[layer][i] for layer in range(len(summary)))]
         table.add_row(f"{i} {label!r}", *cells)
     console().print(table)
+
+
+def elide(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @contextmanager

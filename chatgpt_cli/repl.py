@@ -9,7 +9,8 @@ from typing import TextIO
 
 from rich.console import Console
 
-from chatgpt_cli.chat import Chat
+from chatgpt_cli.chat import COMMANDS, Chat
+from chatgpt_cli.errors import ChatGPTCliError, OutputError
 from chatgpt_cli.render import prob_style
 
 CONTINUE = "... "
@@ -24,8 +25,13 @@ class PlainOutput:
         self._space = ""  # trailing whitespace, held until more text follows it
 
     def _write(self, stream: TextIO, text: str) -> None:
-        stream.write(text)
-        stream.flush()
+        try:
+            stream.write(text)
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:  # a full disk: one line at the edge, not a traceback
+            raise OutputError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
 
     def reply_text(self, text: str) -> None:
         """Print the reply as it streams, without its leading and trailing whitespace."""
@@ -42,6 +48,10 @@ class PlainOutput:
         self._write(self.out, "\n")
         if cut_short:
             self._write(self.err, "(cut short)\n")
+
+    def no_reply(self) -> None:
+        """An input line that got no reply still gets its (empty) output line: lines stay aligned."""
+        self.reply_end("", False)
 
     def info(self, text: str) -> None:
         self._write(self.err, text + "\n")
@@ -78,6 +88,9 @@ class TerminalOutput:
             self.console.print("[cut short]", style="yellow", markup=False, highlight=False)
         self.console.print(footer, style="dim", markup=False, highlight=False)
 
+    def no_reply(self) -> None:
+        pass
+
     def info(self, text: str) -> None:
         self.console.print(text, style="dim", markup=False, highlight=False)
 
@@ -86,12 +99,26 @@ class TerminalOutput:
 
 
 def handle(chat: Chat, message: str, out) -> bool:
-    """One input: blank is skipped, a /command runs, anything else is a user turn. False: leave."""
+    """One input: blank is skipped, a /command runs, anything else is a user turn. False: leave.
+
+    "//" sends a message that starts with "/". An unknown /command is answered on stderr, and
+    over a pipe with an empty output line, so replies keep lining up with the input lines."""
     if not message.strip():
         return True
-    if message.startswith("/"):
+    if message.startswith("/") and not message.startswith("//"):
+        name = message.split(maxsplit=1)[0]
+        if name not in COMMANDS and name not in ("/exit", "/quit"):
+            out.error(f"unknown command {name}; /help lists them (start a message with // to send a /)")
+            out.no_reply()
+            return True
         return chat.command(message, out)
-    chat.say(message, out)
+    try:
+        chat.say(message.removeprefix("/"), out)
+    except OutputError:
+        raise
+    except ChatGPTCliError as e:  # the conversation so far is kept
+        out.error(str(e))
+        out.no_reply()
     return True
 
 
@@ -125,8 +152,8 @@ def make_history(console: Console):
     path = history_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8"):
-            pass
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)  # what you typed is as private as what /save writes
         return SafeFileHistory(str(path))
     except OSError as e:
         console.print(f"warning: cannot use the history file {path}: {e.strerror}; "
@@ -137,15 +164,18 @@ def make_history(console: Console):
 def read_message(session) -> str:
     """One message: a line; a trailing backslash continues it; a \"\"\" line opens a block until \"\"\"."""
     first = session.prompt("> ")
-    if first.strip() == '"""':
-        lines = []
-        while (line := session.prompt(CONTINUE)).strip() != '"""':
-            lines.append(line)
-        return "\n".join(lines)
-    lines = [first]
-    while lines[-1].endswith("\\"):
-        lines[-1] = lines[-1][:-1]
-        lines.append(session.prompt(CONTINUE))
+    lines: list[str] = []
+    try:
+        if first.strip() == '"""':  # Ctrl-D inside the block ends it (it does not leave the chat)
+            while (line := session.prompt(CONTINUE)).strip() != '"""':
+                lines.append(line)
+            return "\n".join(lines)
+        lines = [first]
+        while lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(session.prompt(CONTINUE))
+    except EOFError:
+        pass
     return "\n".join(lines)
 
 
@@ -159,10 +189,7 @@ def run_terminal(chat: Chat, console: Console, banner: str) -> None:
     while True:
         try:
             message = read_message(session)
-        except KeyboardInterrupt:
-            typed = session.default_buffer.text
-            if typed.strip():  # keep what was typed: it is one arrow-up away
-                session.history.append_string(typed)
+        except KeyboardInterrupt:  # what was typed is abandoned: not kept in the history file
             interrupts += 1
             if interrupts >= 2:
                 break

@@ -7,7 +7,9 @@
 The first four (``adjust``) change the raw logits from what the sequence holds; the rest shape
 the distribution drawn from (``probabilities``). Temperature 0 means greedy: the argmax of the
 adjusted logits. Every step is off by default. Inputs are never modified. Draws use a CPU
-generator, so the same seed and options give the same tokens on any machine.
+generator, so the same seed and options give the same tokens on any machine. Any temperature > 0
+and top-p > 0 samples: the logits are cleaned first (``clean_logits``), and a distribution that
+still collapses falls back to greedy. Ids past the tokenizer's (a padded vocabulary) are never chosen.
 """
 
 from __future__ import annotations
@@ -170,6 +172,24 @@ def adjust(logits: torch.Tensor, history: Sequence[int], o: SamplingOptions) -> 
 
 
 # --- the distribution stage ---------------------------------------------------------------------
+N_VOCAB = 50257  # the ids GPT-2's tokenizer decodes; a padded vocabulary's extra rows are never sampled
+
+
+def clean_logits(logits: torch.Tensor) -> torch.Tensor:
+    """The logits as float64 on the CPU, safe to divide by any temperature > 0.
+
+    NaN and padded ids (past ``N_VOCAB``) become -inf; the largest logit is shifted to 0 (so no
+    division overflows); +inf logits share the top; a row with nothing finite becomes uniform.
+    """
+    x = logits.detach().cpu().double()
+    valid = torch.arange(x.shape[-1]) < N_VOCAB
+    x = torch.where(torch.isnan(x) | ~valid, float("-inf"), x)
+    top = x.amax(-1, keepdim=True)
+    x = torch.where(top == float("inf"), torch.where(x == float("inf"), 0.0, float("-inf")), x - top)
+    x = torch.where(torch.isnan(x), 0.0, x)  # only where top was -inf: nothing finite, uniform
+    return torch.where(valid, x, float("-inf"))
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
     return logits / temperature
@@ -190,6 +210,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
     drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p  # mass before it already >= p
+    drop_sorted[..., 0] = False  # the most likely token always stays, however small p is
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -205,12 +226,12 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                   min_p: float = 0.0) -> torch.Tensor:
-    """The distribution the next token is drawn from (float32, on the CPU)."""
-    logits = logits.detach().float().cpu()
+    """The distribution the next token is drawn from (float32, on the CPU; computed in float64)."""
+    logits = clean_logits(logits)
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
-    return torch.softmax(min_p_filter(logits, min_p), dim=-1)
+    return torch.softmax(min_p_filter(logits, min_p), dim=-1).float()
 
 
 def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
@@ -222,8 +243,10 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
 def draw(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> int:
     """One token id from a (vocab,) row of logits already through ``adjust``."""
     if options.temperature == 0:
-        return int(logits.argmax(-1))
+        return int(clean_logits(logits).argmax(-1))
     probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
+    if not (torch.isfinite(probs).all() and probs.sum() > 0):  # collapsed: fall back to greedy
+        return int(clean_logits(logits).argmax(-1))
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
@@ -231,7 +254,7 @@ def draw_rows(logits: torch.Tensor, options: SamplingOptions, generators: Sequen
     """One token id per row of (rows, vocab) adjusted logits, row i drawn with generators[i]; the
     distribution of all rows computed at once."""
     if options.temperature == 0:
-        return logits.argmax(-1).tolist()
+        return clean_logits(logits).argmax(-1).tolist()
     probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
     return [int(torch.multinomial(row, 1, generator=g)) for row, g in zip(probs, generators, strict=True)]
 

@@ -30,11 +30,16 @@ class TextStream:
         self._pending += self._decoder.decode(self._tokenizer.token_bytes(token))
         return self._release(final=False)
 
-    def finish(self) -> str:
-        """The end of the stream: release what was held back (unless a stop string ended it)."""
+    def finish(self, keep_partial_stop: bool = True) -> str:
+        """The end of the stream: release what was held back (unless a stop string ended it).
+
+        ``keep_partial_stop=False`` drops a held tail that is the start of a stop string (a chat
+        reply cut by the token limit inside "\nUser:" does not end with "\nUser")."""
         if self.stopped:
             return ""
         self._pending += self._decoder.decode(b"", final=True)
+        if not keep_partial_stop:
+            self._pending = self._pending[:len(self._pending) - self._held_tail(self._pending)]
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:

@@ -12,6 +12,7 @@ A template is a small TOML file in prompts/ (see prompts/default.toml):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +52,22 @@ def available_templates() -> list[str]:
 
 
 def load_template(name_or_path: str) -> Template:
-    """A shipped template by name ('default', 'qa'), or a TOML file by path."""
-    path = Path(name_or_path).expanduser()
-    if not (path.suffix == ".toml" or path.is_file()):
+    """A shipped template by name ('default', 'qa'), or a TOML file by path.
+
+    A path contains a '/' or ends in '.toml'; anything else is a shipped name, so a file called
+    'default' in the current directory never takes the shipped template's place."""
+    if "/" in name_or_path or os.sep in name_or_path or name_or_path.endswith(".toml"):
+        path = Path(name_or_path).expanduser()
+    else:
         path = shipped("prompts") / f"{name_or_path}.toml"
-        if not path.is_file():
+        if not name_or_path or not path.is_file():
             raise UsageError(f"unknown template {name_or_path!r}: choose one of "
                              f"{', '.join(available_templates())} or give a .toml file")
+    if not path.is_file():
+        raise UsageError(f"template file not found (or not a regular file): {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        data = tomllib.loads(path.read_bytes().decode("utf-8", errors="replace"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"cannot read template {path}: {e}") from None
     required = ("system", "system_format", "user_format", "assistant_prefix", "reply_format")
     missing = [k for k in required if not isinstance(data.get(k), str)]

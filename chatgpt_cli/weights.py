@@ -88,7 +88,37 @@ def config_from(tensors: dict[str, torch.Tensor], config_json: dict | None, meta
     if min(config.vocab_size, config.n_positions, config.n_embd, config.n_layer, config.n_head) <= 0 \
             or config.n_embd % config.n_head or config.layer_norm_epsilon <= 0:
         raise WeightsError(f"{where}: impossible config {config}")
+    check_sizes(config, tensors, where)
     return config
+
+
+def check_sizes(config: GPTConfig, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """The config's sizes against the tensors, before anything is allocated for them."""
+    wte, wpe = tensors["transformer.wte.weight"], tensors["transformer.wpe.weight"]
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
+    found = {"vocab_size": wte.shape[0], "n_embd": wte.shape[1], "n_positions": wpe.shape[0],
+             "n_layer": len(layers)}
+    wrong = [f"{name} {getattr(config, name)} but the tensors have {n}" for name, n in found.items()
+             if getattr(config, name) != n]
+    if config.n_layer > len(layers):
+        wrong.append(f"missing the tensors of layers transformer.h.{len(layers)}..{config.n_layer - 1}")
+    if wrong:
+        raise WeightsError(f"{where}: the config does not match the weights: {'; '.join(wrong)}")
+    if config.n_head > config.n_embd:
+        raise WeightsError(f"{where}: impossible config: n_head {config.n_head} > n_embd {config.n_embd}")
+
+
+def check_usable(config: GPTConfig, where: Path, n_vocab: int = 50257, min_positions: int = 2) -> None:
+    """What the command line needs beyond a well-formed model: GPT-2's tokenizer and room for a reply.
+
+    A vocabulary padded past the tokenizer's ids (nanoGPT pads to a multiple of 64) is fine: the
+    padded ids are never sampled. A smaller one cannot embed every id the tokenizer makes."""
+    if config.vocab_size < n_vocab:
+        raise WeightsError(f"{where}: vocab_size {config.vocab_size} is smaller than the GPT-2 tokenizer's "
+                           f"{n_vocab} ids, so its text cannot be encoded for this model")
+    if config.n_positions < min_positions:
+        raise WeightsError(f"{where}: n_positions {config.n_positions} is too small to hold a prompt and a "
+                           f"reply (at least {min_positions} positions are needed)")
 
 
 def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
