@@ -68,7 +68,6 @@ class Settings:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "seed" and value is None):
                 raise UsageError(f"{name} must be a whole number, not {value!r}")
-        check_options(self.temperature, self.top_k, self.top_p, self.seed)
         object.__setattr__(self, "logit_bias", self.sampling().logit_bias)  # checks them all, and JSON lists -> tuples
         if self.max_tokens < 1:
             raise UsageError(f"max_tokens must be >= 1, not {self.max_tokens}")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from chatgpt_cli.model import GPT, attention_weights
 from chatgpt_cli.errors import ChatGPTCliError
+from chatgpt_cli.model import GPT, attention_weights
 from chatgpt_cli.sampling import N_VOCAB, SamplingOptions, clean_logits, probabilities
 
 
