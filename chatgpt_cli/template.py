@@ -11,7 +11,7 @@ A template is a small TOML file in prompts/ (see prompts/default.toml):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
@@ -30,6 +30,7 @@ class Template:
     assistant_prefix: str
     reply_format: str
     stop: tuple[str, ...]
+    source: str = field(default="", compare=False)  # what load_template takes to load it again
 
     def render_system(self, system: str) -> str:
         return self.system_format.replace("{system}", system)
@@ -48,8 +49,9 @@ def available_templates() -> list[str]:
 def load_template(name_or_path: str) -> Template:
     """A shipped template by name ('default', 'qa'), or a TOML file by path."""
     path = Path(name_or_path).expanduser()
+    source = str(path.resolve())
     if not (path.suffix == ".toml" or path.is_file()):
-        path = shipped("prompts") / f"{name_or_path}.toml"
+        path, source = shipped("prompts") / f"{name_or_path}.toml", name_or_path
         if not path.is_file():
             raise UsageError(f"unknown template {name_or_path!r}: choose one of "
                              f"{', '.join(available_templates())} or give a .toml file")
@@ -71,4 +73,4 @@ def load_template(name_or_path: str) -> Template:
     return Template(name=path.stem, description=str(data.get("description", "")), system=data["system"],
                     system_format=data["system_format"], user_format=data["user_format"],
                     assistant_prefix=data["assistant_prefix"], reply_format=data["reply_format"],
-                    stop=tuple(stop))
+                    stop=tuple(stop), source=source)
