@@ -73,6 +73,7 @@ class Recorder(Protocol):  # what chatlog.ChatRecorder offers: the conversation 
     def exchange(self, chat: Chat, exchange: Exchange) -> None: ...  # chat.turns[-1] just ended
     def dropped(self, chat: Chat) -> None: ...  # exchanges past len(chat.turns) are gone (/undo)
     def restarted(self, chat: Chat) -> None: ...  # a new conversation (/reset, /system, /load)
+    def changed(self, chat: Chat) -> None: ...  # new settings (/set)
 
 
 class Engine(Protocol):  # what generate.Engine offers the chat
@@ -216,6 +217,8 @@ class Chat:
         self.settings = replace(self.settings, **{key: parsed})
         if key == "seed":
             self.generator = make_generator(parsed)
+        if self.log is not None:
+            self.log.changed(self)
         out.info(f"({key} = {parsed})")
 
     def cmd_show(self, arg: str, out: Output) -> None:

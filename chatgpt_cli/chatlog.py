@@ -97,7 +97,7 @@ class ChatRecorder(Sink):
             first = min(self.synced, index)
             earlier = [Exchange(t.user, t.reply, finish="interrupted" if t.cut_short else None)
                        for t in chat.turns[first:index]]  # loaded with /load: not yet in the log
-            log.put(self.cid, first, [*earlier, exchange], chat_settings(chat))
+            log.put(self.cid, first, [*earlier, exchange], chat_settings(chat), chat.first_in_window)
 
         cid = self.cid
         if self.write(write):
@@ -106,11 +106,16 @@ class ChatRecorder(Sink):
             self.cid = cid
 
     def dropped(self, chat: Chat) -> None:
-        if self.cid is not None and self.write(lambda log: log.put(self.cid, len(chat.turns), [])):
+        if self.cid is not None and self.write(lambda log: log.put(self.cid, len(chat.turns), [], None,
+                                                                     chat.first_in_window)):
             self.synced = min(self.synced, len(chat.turns))
 
     def restarted(self, chat: Chat) -> None:
         self.cid, self.synced = None, 0
+
+    def changed(self, chat: Chat) -> None:
+        if self.cid is not None:
+            self.write(lambda log: log.touch(self.cid, chat_settings(chat)))
 
 
 def log_completion(log: Log | None, warn: Warn, model: str, files: Sequence[Path], settings: dict,
@@ -155,7 +160,7 @@ def find(log: Log | None, cid: str | None, latest: bool) -> Resumed:
     return Resumed(conv["id"], conv["model"], conv["template"] or "default", conv["system"] or "",
                    {k: v for k, v in settings.items() if k in known}, stop,
                    [Turn(r["prompt"], r["reply"], r["finish"] == "interrupted") for r in rows],
-                   (rows[-1]["context_start"] or 0) if rows else 0)
+                   min(conv["context_start"], len(rows)))
 
 
 def to_save_format(conv: dict, exchanges: list[dict]) -> dict:

@@ -30,7 +30,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (  # 1: conversations and their exchanges
         """CREATE TABLE conversations (
             id TEXT PRIMARY KEY, started TEXT NOT NULL, updated TEXT NOT NULL, model TEXT, weights_hash TEXT,
-            template TEXT, system TEXT, settings TEXT NOT NULL DEFAULT '{}',
+            template TEXT, system TEXT, settings TEXT NOT NULL DEFAULT '{}', context_start INTEGER NOT NULL DEFAULT 0,
             source TEXT NOT NULL CHECK (source IN ('chat', 'complete')))""",
         "CREATE INDEX conversations_updated ON conversations (source, updated)",
         """CREATE TABLE exchanges (
@@ -179,23 +179,25 @@ class Log:
               template: str | None = None, system: str | None = None, settings: dict | None = None) -> str:
         """A new conversation (inside the caller's transaction, or on its own); its id."""
         cid, t = new_id(), now()
-        self.db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                         (cid, t, t, model, weights_hash, template, system, json.dumps(settings or {}), source))
         return cid
 
-    def put(self, cid: str, first: int, exchanges: Sequence[Exchange], settings: dict | None = None) -> None:
+    def put(self, cid: str, first: int, exchanges: Sequence[Exchange], settings: dict | None = None,
+            context_start: int | None = None) -> None:
         """Exchanges from index ``first`` on become ``exchanges`` (a retry replaces, an undo drops)."""
-        t = now()
         self.db.execute("DELETE FROM exchanges WHERE conversation_id = ? AND idx >= ?", (cid, first))
         self.db.executemany("INSERT INTO exchanges (conversation_id, idx, prompt, reply, prompt_tokens, reply_tokens, "
                             "finish, first_token_ms, decode_tok_s, context_start, time) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [(cid, first + i, *astuple(e), t) for i, e in enumerate(exchanges)])
-        if settings is not None:
-            self.db.execute("UPDATE conversations SET updated = ?, settings = ? WHERE id = ?",
-                            (t, json.dumps(settings), cid))
-        else:
-            self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (t, cid))
+                            [(cid, first + i, *astuple(e), now()) for i, e in enumerate(exchanges)])
+        self.touch(cid, settings, context_start)
+
+    def touch(self, cid: str, settings: dict | None = None, context_start: int | None = None) -> None:
+        """Mark the conversation updated; with its settings and first exchange in the window as they are now."""
+        self.db.execute("UPDATE conversations SET updated = ?, settings = coalesce(?, settings), "
+                        "context_start = coalesce(?, context_start) WHERE id = ?",
+                        (now(), None if settings is None else json.dumps(settings), context_start, cid))
 
     def remove(self, cid: str) -> bool:
         """Delete a conversation and its exchanges, leaving no trace of their text in the file."""
