@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -13,16 +14,18 @@ from chatgpt_cli.cli_options import (
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    NoLogOpt,
     SeedOpt,
     ShowProbsOpt,
     StopOpt,
     VerboseOpt,
     sampling_options,
 )
-from chatgpt_cli.cli_plumbing import err, guarded, handle_sigterm, load, prompt_text, write_out
+from chatgpt_cli.cli_plumbing import err, guarded, handle_sigterm, load, model_path, prompt_text, write_out
 from chatgpt_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from chatgpt_cli.history import Exchange
     from chatgpt_cli.sampling import SamplingOptions
     from chatgpt_cli.weights import LoadedModel
 
@@ -41,6 +44,7 @@ def complete(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
+    no_log: NoLogOpt = False,
 ) -> None:
     """Continue a prompt; the generated text streams to stdout."""
     handle_sigterm()
@@ -54,15 +58,27 @@ def complete(
         options = SamplingOptions(**(sampling or {}), seed=seed)
         text = prompt_text(prompt)
         loaded = load(model, dtype, device, verbose)
+        from chatgpt_cli.chatlog import log_completion, open_log
+
+        log, on_end = open_log(no_log, err), None
+        if log is not None:
+            settings = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed, "stop": stop or [],
+                        "ignore_eos": ignore_eos}
+            on_end = lambda exchange: log_completion(log, err, str(model_path(model).resolve()), loaded.files,
+                                                     settings, exchange)
         run_completion(loaded, text, options, max_tokens=max_tokens, stop=stop or [], ignore_eos=ignore_eos,
-                       verbose=verbose, show_probs=show_probs, alternatives=alternatives)
+                       verbose=verbose, show_probs=show_probs, alternatives=alternatives, on_end=on_end)
 
 
 def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, max_tokens: int,
                    stop: list[str], ignore_eos: bool = False, verbose: bool = False, show_probs: bool = False,
-                   alternatives: int = 0) -> None:
-    """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal)."""
+                   alternatives: int = 0, on_end: Callable[[Exchange], None] | None = None) -> None:
+    """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal).
+
+    ``on_end`` (the log) gets the prompt and the text when generation ends, also when it is cut short.
+    """
     from chatgpt_cli.generate import Engine
+    from chatgpt_cli.history import Exchange
     from chatgpt_cli.streaming import TextStream
     from chatgpt_cli.tokenizer import Tokenizer
 
@@ -83,12 +99,14 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         recorder = StepRecorder(options, alternatives)
         painter = console() if show_probs and sys.stdout.isatty() else None
     t0 = time.perf_counter()
-    first = None
+    first, n, finish = None, 0, "interrupted"
     try:
         for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos, on_step=recorder):
+            n += 1
             if first is None:
                 first = time.perf_counter() - t0
             if token == tok.eot and not ignore_eos:
+                finish = "end"
                 break
             piece = stream.push(token)
             if painter is not None:
@@ -99,9 +117,15 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
             else:
                 write_out(piece)
             if stream.stopped:
+                finish = "stop"
                 break
+        else:
+            finish = "length"
         write_out(stream.finish())
     finally:
+        if on_end is not None:
+            on_end(Exchange(text, stream.text, len(ids), n, finish, None if first is None else first * 1000,
+                            engine.stats.decode_tok_s or None))
         if stream.text and not stream.text.endswith("\n"):
             write_out("\n")
     if recorder is not None and alternatives:

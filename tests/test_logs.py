@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -253,19 +254,39 @@ def test_sigkill_mid_reply_keeps_every_finished_exchange(tiny_dir, logs_db):
 
 
 def test_two_chats_at_once_both_log_everything(tiny_dir, logs_db):
-    lines = {name: "".join(f"{name} message {i}\n" for i in range(5)) for name in ("alpha", "beta")}
-    procs = {name: subprocess.Popen(cli("chat", "-m", str(tiny_dir), "-n", "2", "--seed", "1"),
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name in lines}
-    results = {name: p.communicate(lines[name].encode(), timeout=120) for name, p in procs.items()}
-    for name, p in procs.items():
-        assert p.returncode == 0 and b"warning" not in results[name][1], results[name][1]
-    conversations = Log(logs_db).conversations()
-    assert len(conversations) == 2
-    for conv in conversations:
-        exchanges = Log(logs_db).exchanges(conv["id"])
+    other = subprocess.Popen(cli("chat", "-m", str(tiny_dir), "-n", "2", "--seed", "1"), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    other.stdin.write(b"alpha 0\n")
+    other.stdin.flush()
+    wait_for(lambda: count(logs_db) == 1)  # the other chat runs, and has written
+
+    def feed():
+        for i in range(1, 10):
+            other.stdin.write(f"alpha {i}\n".encode())
+            other.stdin.flush()
+            time.sleep(0.25)
+        other.stdin.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        r = chat(tiny_dir, "".join(f"beta {i}\n" for i in range(10)))  # this one, meanwhile, in this process
+    finally:
+        feeder.join()
+        other.stdout.read()
+        errors = other.stderr.read()
+        other.wait(timeout=60)
+    assert other.returncode == 0 and b"warning" not in errors, errors
+    assert r.exit_code == 0 and "warning" not in r.stderr
+    log = Log(logs_db)
+    times = {}
+    for conv in log.conversations():
+        exchanges = log.exchanges(conv["id"])
         name = conv["first_prompt"].split()[0]
-        assert [e["prompt"] + "\n" for e in exchanges] == lines[name].splitlines(keepends=True)
+        assert [e["prompt"] for e in exchanges] == [f"{name} {i}" for i in range(10)]
+        times[name] = [e["time"] for e in exchanges]
+    assert sorted(times) == ["alpha", "beta"]
+    assert min(times["alpha"]) < max(times["beta"]) and min(times["beta"]) < max(times["alpha"])  # at once
 
 
 def test_the_real_home_is_never_written(logs_db):
