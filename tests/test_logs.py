@@ -292,3 +292,25 @@ def test_two_chats_at_once_both_log_everything(tiny_dir, logs_db):
 def test_the_real_home_is_never_written(logs_db):
     assert os.environ["CHATGPT_CLI_LOGS_DB"] == str(logs_db)
     assert history.db_path() == logs_db
+
+
+def test_ctrl_c_on_a_terminal_logs_the_reply_cut_short(tiny_dir, logs_db):
+    pexpect = pytest.importorskip("pexpect")
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    child = pexpect.spawn(sys.executable, cli("chat", "-m", str(tiny_dir), "-n", "100000", "--seed", "1")[1:],
+                          env={**env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "NO_COLOR": "1",
+                               "XDG_DATA_HOME": str(logs_db.parent / "data")},
+                          timeout=60, encoding="utf-8", dimensions=(40, 200))
+    child.expect(">")
+    child.sendline("Write forever")
+    child.expect("AI Assistant:")
+    child.expect(r"\w+")  # the reply is streaming
+    child.sendintr()
+    child.expect(r"\[cut short\]")
+    child.expect(">")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    _, (exchange,) = only(Log(logs_db))
+    assert (exchange["prompt"], exchange["finish"]) == ("Write forever", "interrupted") and exchange["reply"]
