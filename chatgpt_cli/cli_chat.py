@@ -54,7 +54,7 @@ def chat(
         from chatgpt_cli.history import open_existing
         from chatgpt_cli.template import load_template
 
-        given = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
+        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
         values = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed}
         resumed = None
         if continue_ or cid is not None:  # what was given on the command line wins over what is restored

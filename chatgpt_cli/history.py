@@ -77,8 +77,12 @@ def db_path() -> Path:
     """$CHATGPT_CLI_LOGS_DB, else $XDG_DATA_HOME/chatgpt-cli/logs.db (default ~/.local/share/...)."""
     if os.environ.get(ENV_DB):
         return Path(os.environ[ENV_DB]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "chatgpt-cli" / "logs.db"
+    return data_dir() / "logs.db"
+
+
+def data_dir() -> Path:
+    """chatgpt-cli's own directory: $XDG_DATA_HOME/chatgpt-cli, by default ~/.local/share/chatgpt-cli."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "chatgpt-cli"
 
 
 def off_marker(path: Path) -> Path:
@@ -135,7 +139,7 @@ class Log:
         """The directory 0700 and the file 0600 (SQLite gives its -wal and -shm files the file's mode)."""
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)
-        if "CHATGPT_CLI_LOGS_DB" not in os.environ and path.parent.stat().st_mode & 0o077:
+        if path.parent == data_dir() and path.parent.stat().st_mode & 0o077:
             path.parent.chmod(0o700)  # our own directory: the line-editing history may have made it first
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         if path.stat().st_mode & 0o077:

@@ -222,3 +222,18 @@ def test_a_write_failure_warns_once_and_the_chat_goes_on(logs_db):
     assert out == "b\nc\n"  # every reply
     assert len(warnings) == 1 and "database is locked; not logging the rest of this session" in warnings[0]
     assert rows(logs_db) == [("one", "a", "end")]
+
+
+def test_our_own_directory_is_made_private_but_no_other_is_touched(monkeypatch, tmp_path):
+    monkeypatch.delenv("CHATGPT_CLI_LOGS_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "data" / "chatgpt-cli").mkdir(parents=True, mode=0o755)  # the line-editing history made it
+    (tmp_path / "data" / "chatgpt-cli").chmod(0o755)
+    Log(db_path()).close()
+    assert stat.S_IMODE((tmp_path / "data" / "chatgpt-cli").stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    Log(shared / "mine.db").close()  # a path of the user's choosing: only the file is made private
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "mine.db").stat().st_mode) == 0o600

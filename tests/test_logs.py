@@ -188,6 +188,9 @@ def test_a_broken_database_warns_once_and_the_chat_goes_on(tiny_dir, logs_db, da
     assert r.exit_code == 0 and r.stdout == expected  # every reply
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("warning: ") and message in r.stderr
     assert r.stderr.endswith("; not logging this session\n")
+    r = run("logs")  # reading says what is wrong, in one line, or that there is nothing
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") <= 1
+    assert (r.exit_code, r.stderr.startswith("error: ")) == (1, True) or "no conversations logged yet" in r.stdout
 
 
 def test_a_locked_database_warns_once_and_the_chat_goes_on(tiny_dir, logs_db, monkeypatch):
