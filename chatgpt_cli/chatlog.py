@@ -13,21 +13,9 @@ from pathlib import Path
 
 from chatgpt_cli.chat import Chat, Settings, Turn
 from chatgpt_cli.errors import UsageError
-from chatgpt_cli.history import Exchange, Log, LogError, db_path, disabled_by_env, off_marker
+from chatgpt_cli.history import Exchange, Log, LogError, db_path, logging_state
 
 Warn = Callable[[str], None]
-
-
-def logging_state(no_log: bool = False, path: Path | None = None) -> tuple[bool, str]:
-    """Whether to log, and why not: --no-log, $CHATGPT_CLI_NO_LOG, or `logs off`."""
-    path = path or db_path()
-    if no_log:
-        return False, "--no-log"
-    if disabled_by_env():
-        return False, "CHATGPT_CLI_NO_LOG is set"
-    if off_marker(path).exists():
-        return False, f"`chatgpt-cli logs off` ({off_marker(path)} exists)"
-    return True, ""
 
 
 def open_log(no_log: bool, warn: Warn) -> Log | None:

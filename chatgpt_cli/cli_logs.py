@@ -69,8 +69,6 @@ def logs_show(cid: Annotated[str, typer.Argument(metavar="ID", help="A conversat
               ) -> None:
     """One conversation's transcript."""
     with guarded():
-        from chatgpt_cli.chatlog import to_save_format
-
         log = opened()
         if log is None:
             return
@@ -79,6 +77,8 @@ def logs_show(cid: Annotated[str, typer.Argument(metavar="ID", help="A conversat
             raise UsageError(f"no conversation {cid} in {log.path}")
         exchanges = log.exchanges(cid)
         if as_json:
+            from chatgpt_cli.chatlog import to_save_format  # (imports torch, through the chat's sampling)
+
             write_out(json.dumps(to_save_format(conv, exchanges), indent=2, ensure_ascii=False) + "\n")
             return
         s = conv["settings"]
@@ -152,8 +152,7 @@ def logs_on() -> None:
 def logs_status() -> None:
     """On or off, where the database is, its size and what it holds."""
     with guarded():
-        from chatgpt_cli.chatlog import logging_state
-        from chatgpt_cli.history import db_path, open_existing
+        from chatgpt_cli.history import db_path, logging_state, open_existing
 
         path = db_path()
         on, why = logging_state()

@@ -90,8 +90,16 @@ def off_marker(path: Path) -> Path:
     return path.with_name(path.stem + ".off")
 
 
-def disabled_by_env() -> bool:
-    return os.environ.get(ENV_NO_LOG, "").strip().lower() not in ("", "0", "false", "no", "off")
+def logging_state(no_log: bool = False, path: Path | None = None) -> tuple[bool, str]:
+    """Whether to log, and why not: --no-log, $CHATGPT_CLI_NO_LOG, or `logs off`."""
+    path = path or db_path()
+    if no_log:
+        return False, "--no-log"
+    if os.environ.get(ENV_NO_LOG, "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return False, f"{ENV_NO_LOG} is set"
+    if off_marker(path).exists():
+        return False, f"`chatgpt-cli logs off` ({off_marker(path)} exists)"
+    return True, ""
 
 
 def now() -> str:

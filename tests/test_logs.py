@@ -317,3 +317,13 @@ def test_ctrl_c_on_a_terminal_logs_the_reply_cut_short(tiny_dir, logs_db):
     assert child.exitstatus == 0
     _, (exchange,) = only(Log(logs_db))
     assert (exchange["prompt"], exchange["finish"]) == ("Write forever", "interrupted") and exchange["reply"]
+
+
+def test_logs_commands_do_not_import_torch(logs_db):
+    Log(logs_db).close()
+    code = ("import sys\nfrom chatgpt_cli.cli import app\n"
+            "for args in (['logs'], ['logs', 'status'], ['logs', 'search', 'x'], ['logs', 'show', 'X']):\n"
+            "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
