@@ -31,7 +31,7 @@ def chat(
     model: ModelOpt = None,
     continue_: Annotated[bool, typer.Option("--continue", "-c", help=(
         "Continue the latest logged chat: its template, system prompt, settings and transcript."))] = False,
-    cid: Annotated[Optional[str], typer.Option("--cid", help="Continue the logged chat with this id.")] = None,
+    cid: Annotated[Optional[str], typer.Option("--cid", metavar="ID", help="Continue the logged chat ID.")] = None,
     no_log: NoLogOpt = False,
     template: Annotated[str, typer.Option(help="A template name (default, qa) or a .toml file.")] = "default",
     system: Annotated[Optional[str], typer.Option(help="Replace the template's system prompt.")] = None,
@@ -54,21 +54,22 @@ def chat(
         from chatgpt_cli.history import open_existing
         from chatgpt_cli.template import load_template
 
-        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
-        values = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed}
+        explicit = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
         resumed = None
-        if continue_ or cid is not None:  # what was given on the command line wins over what is restored
+        if continue_ or cid is not None:  # what is given on the command line wins over what is restored
             if continue_ and cid is not None:
                 raise UsageError("give --continue or --cid, not both")
             resumed = find(open_existing(), cid, continue_)
-            values = {k: v if k in given else resumed.settings.get(k, v) for k, v in values.items()}
-            template = template if "template" in given else resumed.template
-            system = system if "system" in given else resumed.system
-            if "model" not in given and resumed.model and Path(resumed.model).exists():
+            template = template if "template" in explicit else resumed.template
+            system = system if "system" in explicit else resumed.system
+            if "model" not in explicit and resumed.model and Path(resumed.model).exists():
                 model = resumed.model
+        values = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed}
+        if resumed is not None:
+            values.update({k: v for k, v in resumed.settings.items() if k not in explicit})
         settings = Settings(**values)
         tmpl = load_template(template)
-        if resumed is not None and resumed.stop is not None and "stop" not in given:
+        if resumed is not None and resumed.stop is not None and "stop" not in explicit:
             tmpl = replace(tmpl, stop=tuple(resumed.stop))
         if stop:  # extra stop strings, beside the template's own
             tmpl = replace(tmpl, stop=tmpl.stop + tuple(s for s in stop if s))
