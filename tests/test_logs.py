@@ -327,3 +327,17 @@ def test_logs_commands_do_not_import_torch(logs_db):
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_an_interrupted_completion_is_logged_cut_short(tiny_dir, logs_db):
+    p = subprocess.Popen(cli("complete", "x", "-m", str(tiny_dir), "-n", "100000", "--ignore-eos"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    first = p.stdout.read(1)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    out, errs = p.communicate(timeout=60)
+    assert p.returncode == 130 and errs.strip() == b"interrupted"
+    conv, (exchange,) = only(Log(logs_db))
+    assert (conv["source"], exchange["prompt"], exchange["finish"]) == ("complete", "x", "interrupted")
+    printed = (first + out).decode()
+    assert printed.startswith(exchange["reply"]) and len(exchange["reply"]) > 0
