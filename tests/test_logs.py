@@ -330,7 +330,7 @@ def test_logs_commands_do_not_import_torch(logs_db):
 
 
 def test_an_interrupted_completion_is_logged_cut_short(tiny_dir, logs_db):
-    p = subprocess.Popen(cli("complete", "x", "-m", str(tiny_dir), "-n", "100000", "--ignore-eos"),
+    p = subprocess.Popen(cli("complete", "x", "-m", str(tiny_dir), "-n", "100000", "--ignore-eos"), bufsize=0,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     first = p.stdout.read(1)
     time.sleep(0.3)
