@@ -107,11 +107,11 @@ class ChatRecorder(Sink):
 
 
 def log_completion(log: Log | None, warn: Warn, model: str, files: Sequence[Path], settings: dict,
-                   exchange: Exchange) -> None:
-    """A completion: a conversation of one exchange."""
+                   exchanges: Sequence[Exchange]) -> None:
+    """A completion: a conversation of one exchange (one per sample with -N)."""
     sink = Sink(log, warn)
     digest = sink.weights_hash(files)
-    sink.write(lambda db: db.put(db.start("complete", model, digest, settings=settings), 0, [exchange]))
+    sink.write(lambda db: db.put(db.start("complete", model, digest, settings=settings), 0, exchanges))
 
 
 @dataclass

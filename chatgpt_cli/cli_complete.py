@@ -64,15 +64,15 @@ def complete(
         if log is not None:
             settings = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed, "stop": stop or [],
                         "ignore_eos": ignore_eos}
-            on_end = lambda exchange: log_completion(log, err, str(model_path(model).resolve()), loaded.files,
-                                                     settings, exchange)
+            on_end = lambda exchanges: log_completion(log, err, str(model_path(model).resolve()), loaded.files,
+                                                      settings, exchanges)
         run_completion(loaded, text, options, max_tokens=max_tokens, stop=stop or [], ignore_eos=ignore_eos,
                        verbose=verbose, show_probs=show_probs, alternatives=alternatives, on_end=on_end)
 
 
 def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, max_tokens: int,
                    stop: list[str], ignore_eos: bool = False, verbose: bool = False, show_probs: bool = False,
-                   alternatives: int = 0, on_end: Callable[[Exchange], None] | None = None) -> None:
+                   alternatives: int = 0, on_end: Callable[[list[Exchange]], None] | None = None) -> None:
     """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal).
 
     ``on_end`` (the log) gets the prompt and the text when generation ends, also when it is cut short.
@@ -124,8 +124,8 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         write_out(stream.finish())
     finally:
         if on_end is not None:
-            on_end(Exchange(text, stream.text, len(ids), n, finish, None if first is None else first * 1000,
-                            engine.stats.decode_tok_s or None))
+            on_end([Exchange(text, stream.text, len(ids), n, finish, None if first is None else first * 1000,
+                             engine.stats.decode_tok_s or None)])
         if stream.text and not stream.text.endswith("\n"):
             write_out("\n")
     if recorder is not None and alternatives:
