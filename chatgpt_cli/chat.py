@@ -18,6 +18,7 @@ from typing import Protocol
 
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
 from chatgpt_cli.generate import prompt_room
+from chatgpt_cli.history import Exchange
 from chatgpt_cli.sampling import SamplingOptions, make_generator, parse_logit_bias
 from chatgpt_cli.streaming import TextStream
 from chatgpt_cli.template import Template, load_template
@@ -105,6 +106,13 @@ class Output(Protocol):
     def error(self, text: str) -> None: ...
 
 
+class Recorder(Protocol):  # what chatlog.ChatRecorder offers: the conversation log kept in step
+    def exchange(self, chat: Chat, exchange: Exchange) -> None: ...  # chat.turns[-1] just ended
+    def dropped(self, chat: Chat) -> None: ...  # exchanges past len(chat.turns) are gone (/undo)
+    def restarted(self, chat: Chat) -> None: ...  # a new conversation (/reset, /system, /load)
+    def changed(self, chat: Chat) -> None: ...  # new settings (/set)
+
+
 class Engine(Protocol):  # what generate.Engine offers the chat
     window: int
     def generate(self, prompt: list[int], max_new_tokens: int, options: SamplingOptions,
@@ -121,6 +129,7 @@ class Chat:
     show_prompt: bool = False
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
     on_step: Callable | None = None  # sees each token's logits (the --show-probs view)
+    log: Recorder | None = None  # the conversation log, if any
 
     def __post_init__(self) -> None:
         if self.system is None:
@@ -204,24 +213,33 @@ class Chat:
         if self.show_prompt:
             out.info(f"--- prompt ({len(ids)} tokens) ---\n{self.tokenizer.decode(ids)}\n---")
         stream = TextStream(self.tokenizer, self.template.stop)
-        t0, n, cut = time.perf_counter(), 0, False
+        t0, n, cut, finish, first = time.perf_counter(), 0, False, "length", None
         try:
             for token in self.engine.generate(ids, self.settings.max_tokens, self.settings.sampling(),
                                               self.generator, on_step=self.on_step):
                 n += 1
+                first = first or time.perf_counter()
                 if token == EOT:
+                    finish = "end"
                     break
                 out.reply_text(stream.push(token))
                 if stream.stopped:
+                    finish = "stop"
                     break
             out.reply_text(stream.finish(keep_partial_stop=False))
         except KeyboardInterrupt:
-            cut = True
-        seconds = time.perf_counter() - t0
+            cut, finish = True, "interrupted"
+        end = time.perf_counter()
+        seconds = end - t0
         turn = Turn(message, stream.text.strip(), cut)
         self.turns.append(turn)
         out.reply_end(f"{n} tokens · {n / seconds if seconds else 0:.1f} tok/s · "
                       f"context {self.context()[1]}/{self.engine.window}", cut)
+        if self.log is not None:
+            self.log.exchange(self, Exchange(
+                message, turn.reply, len(ids), n, finish, None if first is None else (first - t0) * 1000,
+                (n - 1) / (end - first) if first is not None and n > 1 and end > first else None,
+                self.first_in_window))
         return turn
 
     # --- commands ---------------------------------------------------------------------------
@@ -246,12 +264,14 @@ class Chat:
 
     def cmd_reset(self, arg: str, out: Output) -> None:
         self.turns, self.first_in_window = [], 0
+        self.restarted()
         out.info("(conversation cleared)")
 
     def cmd_system(self, arg: str, out: Output) -> None:
         if not arg:
             raise UsageError(f"usage: /system TEXT (now: {self.system!r})")
         self.system, self.turns, self.first_in_window = arg, [], 0
+        self.restarted()
         out.info("(system prompt replaced; conversation cleared)")
 
     def cmd_set(self, arg: str, out: Output) -> None:
@@ -270,6 +290,8 @@ class Chat:
         self.settings = replace(self.settings, **{key: parsed})
         if key == "seed":
             self.generator = make_generator(parsed)
+        if self.log is not None:
+            self.log.changed(self)
         out.info(f"({key} = {parsed})")
 
     def cmd_show(self, arg: str, out: Output) -> None:
@@ -295,6 +317,8 @@ class Chat:
         if not self.turns:
             raise UsageError("nothing to undo")
         self.turns.pop()
+        if self.log is not None:
+            self.log.dropped(self)
         out.info("(last exchange dropped)")
 
     def cmd_save(self, arg: str, out: Output, force: bool = False) -> None:
@@ -310,7 +334,12 @@ class Chat:
         if not arg:
             raise UsageError("usage: /load FILE")
         self.load_json(read_json(Path(arg).expanduser()))
+        self.restarted()
         out.info(f"(loaded {len(self.turns)} exchange(s) from {arg})")
+
+    def restarted(self) -> None:
+        if self.log is not None:
+            self.log.restarted(self)
 
     # --- files ------------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from chatgpt_cli import __version__, cli_bench, cli_chat, cli_complete, cli_explain, cli_info, cli_inspect
+from chatgpt_cli import (
+    __version__,
+    cli_bench,
+    cli_chat,
+    cli_complete,
+    cli_explain,
+    cli_info,
+    cli_inspect,
+    cli_logs,
+)
 from chatgpt_cli.cli_edge import OneLineErrors
 from chatgpt_cli.cli_plumbing import err, quiet_broken_pipe
 
@@ -32,7 +41,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """Chat with and generate text from GPT-2 models, locally."""
 
 
-for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_inspect, cli_explain):  # the order --help lists them in
+for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_logs, cli_inspect, cli_explain):  # --help's order
     module.register(app)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -14,18 +15,20 @@ from chatgpt_cli.cli_options import (
     JsonOpt,
     MaxTokensOpt,
     ModelOpt,
+    NoLogOpt,
     SeedOpt,
     ShowProbsOpt,
     StopOpt,
     VerboseOpt,
     sampling_options,
 )
-from chatgpt_cli.cli_plumbing import err, guarded, handle_sigterm, load, prompt_text, write_out
+from chatgpt_cli.cli_plumbing import err, guarded, handle_sigterm, load, model_path, prompt_text, write_out
 from chatgpt_cli.errors import UsageError
 
 MAX_SAMPLES = 128
 
 if TYPE_CHECKING:
+    from chatgpt_cli.history import Exchange
     from chatgpt_cli.sampling import SamplingOptions
     from chatgpt_cli.weights import LoadedModel
 
@@ -50,6 +53,7 @@ def complete(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
+    no_log: NoLogOpt = False,
 ) -> None:
     """Continue a prompt; the generated text streams to stdout."""
     handle_sigterm()
@@ -72,18 +76,30 @@ def complete(
         options = from_cli(sampling or {}, Tokenizer().encode, Tokenizer.n_vocab, seed=seed)
         text = prompt_text(prompt)
         loaded = load(model, dtype, device, verbose)
+        from chatgpt_cli.chatlog import log_completion, open_log
+
+        log, on_end = open_log(no_log, err), None
+        if log is not None:
+            settings = {**(sampling or {}), "max_tokens": max_tokens, "seed": seed, "stop": stop or [],
+                        "ignore_eos": ignore_eos}
+            on_end = lambda exchanges: log_completion(log, err, str(model_path(model).resolve()), loaded.files,
+                                                      settings, exchanges)
         if num_samples == 1 and not as_json:
             run_completion(loaded, text, options, max_tokens=max_tokens, stop=stop or [], ignore_eos=ignore_eos,
-                           verbose=verbose, show_probs=show_probs, alternatives=alternatives)
+                           verbose=verbose, show_probs=show_probs, alternatives=alternatives, on_end=on_end)
         else:
             run_samples(loaded, text, options, num_samples, max_tokens=max_tokens, stop=stop or [],
-                        ignore_eos=ignore_eos, verbose=verbose, as_json=as_json, logprobs=logprobs)
+                        ignore_eos=ignore_eos, verbose=verbose, as_json=as_json, logprobs=logprobs, on_end=on_end)
 
 
 def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, max_tokens: int,
                    stop: list[str], ignore_eos: bool = False, verbose: bool = False, show_probs: bool = False,
-                   alternatives: int = 0) -> None:
-    """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal)."""
+                   alternatives: int = 0, on_end: Callable[[list[Exchange]], None] | None = None) -> None:
+    """Generate from text and stream it to stdout (coloured by probability with show_probs on a terminal).
+
+    ``on_end`` (the log) gets the prompt and the text when generation ends, also when it is cut short.
+    """
+    from chatgpt_cli.history import Exchange
     from chatgpt_cli.streaming import TextStream
 
     tok, engine, ids = prepare(loaded, text, max_tokens)
@@ -96,13 +112,14 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         recorder = StepRecorder(options, alternatives)
         painter = console() if show_probs and sys.stdout.isatty() else None
     t0 = time.perf_counter()
-    first, generated = None, 0
+    first, n, finish = None, 0, "interrupted"
     try:
         for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos, on_step=recorder):
-            generated += 1
+            n += 1
             if first is None:
                 first = time.perf_counter() - t0
             if token == tok.eot and not ignore_eos:
+                finish = "end"
                 break
             piece = stream.push(token)
             if painter is not None:
@@ -113,9 +130,15 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
             else:
                 write_out(piece)
             if stream.stopped:
+                finish = "stop"
                 break
+        else:
+            finish = "length"
         write_out(stream.finish())
     finally:
+        if on_end is not None:
+            on_end([Exchange(text, stream.text, len(ids), n, finish, None if first is None else first * 1000,
+                             engine.stats.decode_tok_s or None)])
         if stream.text and not stream.text.endswith("\n"):
             write_out("\n")
     if recorder is not None and alternatives:
@@ -125,7 +148,7 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
     if verbose:
         s = engine.stats
         err(f"prompt {s.prompt_tokens} tokens, prefill {s.prefill_tokens / max(s.prefill_seconds, 1e-9):.1f} tok/s; "
-            f"first token after {first or 0:.3f}s; {generated} tokens generated, "
+            f"first token after {first or 0:.3f}s; {n} tokens generated, "
             f"decode {s.decode_tok_s:.1f} tok/s")
 
 
@@ -147,20 +170,30 @@ def prepare(loaded: LoadedModel, text: str, max_tokens: int):
 
 def run_samples(loaded: LoadedModel, text: str, options: SamplingOptions, n: int, *, max_tokens: int,
                 stop: list[str], ignore_eos: bool = False, verbose: bool = False, as_json: bool = False,
-                logprobs: int = 0) -> None:
-    """n samples decoded as one batch: each printed as it ends, then a line ---; or one JSON document."""
+                logprobs: int = 0, on_end: Callable[[list[Exchange]], None] | None = None) -> None:
+    """n samples decoded as one batch: each printed as it ends, then a line ---; or one JSON document.
+
+    ``on_end`` (the log) gets one exchange per sample that ended.
+    """
     import json
 
     from chatgpt_cli.completion import Timings, samples
     from chatgpt_cli.completion import as_json as json_document
+    from chatgpt_cli.history import Exchange
 
     tok, engine, ids = prepare(loaded, text, max_tokens)
     timings = Timings()
     found = []
-    for s in samples(engine, tok, ids, options, n, max_tokens, stop, ignore_eos, logprobs, timings):
-        if not as_json:  # each sample on lines of its own, a line --- between two
-            write_out(("---\n" if found else "") + s.text + ("" if s.text.endswith("\n") else "\n"))
-        found.append(s)
+    try:
+        for s in samples(engine, tok, ids, options, n, max_tokens, stop, ignore_eos, logprobs, timings):
+            if not as_json:  # each sample on lines of its own, a line --- between two
+                write_out(("---\n" if found else "") + s.text + ("" if s.text.endswith("\n") else "\n"))
+            found.append(s)
+    finally:
+        if on_end is not None and found:
+            finish = {"eos": "end"}  # the log's name for it, as chat's
+            on_end([Exchange(text, s.text, len(ids), len(s.tokens), finish.get(s.finish_reason, s.finish_reason),
+                             timings.first_token_s * 1000 or None, timings.decode_tok_s or None) for s in found])
     if as_json:
         name = str(loaded.files[0].parent if len(loaded.files) > 1 else loaded.files[0])
         write_out(json.dumps(json_document(tok, name, len(engine.fit(ids)), found, timings, logprobs),

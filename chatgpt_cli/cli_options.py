@@ -28,6 +28,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Timings and d
 ShowProbsOpt = Annotated[bool, typer.Option("--show-probs", help=(
     "On a terminal, colour each token by the probability it was sampled with (red unlikely, green likely)."))]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+NoLogOpt = Annotated[bool, typer.Option("--no-log", help="Do not keep this session in the conversation log.")]
 
 # The sampling group: name -> its declaration. Each command chooses the defaults.
 SAMPLING: dict[str, Any] = {

@@ -13,7 +13,7 @@ A template is a small TOML file in prompts/ (see prompts/default.toml):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
@@ -36,6 +36,7 @@ class Template:
     reply_format: str
     stop: tuple[str, ...]
     sampling: tuple[tuple[str, float], ...] = ()  # (name, value): defaults for the chat's processors
+    source: str = field(default="", compare=False)  # what load_template takes to load it again
 
     def render_system(self, system: str) -> str:
         return self.system_format.replace("{system}", system)
@@ -58,8 +59,9 @@ def load_template(name_or_path: str) -> Template:
     'default' in the current directory never takes the shipped template's place."""
     if "/" in name_or_path or os.sep in name_or_path or name_or_path.endswith(".toml"):
         path = Path(name_or_path).expanduser()
+        source = str(path.resolve())
     else:
-        path = shipped("prompts") / f"{name_or_path}.toml"
+        path, source = shipped("prompts") / f"{name_or_path}.toml", name_or_path
         if not name_or_path or not path.is_file():
             raise UsageError(f"unknown template {name_or_path!r}: choose one of "
                              f"{', '.join(available_templates())} or give a .toml file")
@@ -87,4 +89,4 @@ def load_template(name_or_path: str) -> Template:
     return Template(name=path.stem, description=str(data.get("description", "")), system=data["system"],
                     system_format=data["system_format"], user_format=data["user_format"],
                     assistant_prefix=data["assistant_prefix"], reply_format=data["reply_format"],
-                    stop=tuple(stop), sampling=tuple(sampling.items()))
+                    stop=tuple(stop), sampling=tuple(sampling.items()), source=source)

@@ -12,6 +12,15 @@ from safetensors.torch import save_file
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(autouse=True)
+def logs_db(tmp_path_factory, monkeypatch) -> Path:
+    """Every test (and every subprocess it starts) logs to its own tmp database, never to the real home."""
+    path = tmp_path_factory.mktemp("logs") / "db" / "logs.db"
+    monkeypatch.setenv("CHATGPT_CLI_LOGS_DB", str(path))
+    monkeypatch.delenv("CHATGPT_CLI_NO_LOG", raising=False)
+    return path
+
+
 def hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257, seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
