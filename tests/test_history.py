@@ -145,7 +145,7 @@ def test_each_exchange_is_logged_with_its_figures(logs_db):
     (conv,) = log.conversations()
     assert conv["source"] == "chat" and conv["template"] == "default" and conv["model"] == "model-x"
     assert conv["system"] == chat.system and conv["turns"] == 2 and conv["first_prompt"] == "Hi"
-    assert conv["settings"] == {**asdict(chat.settings), "stop": ["\nUser:"]}
+    assert conv["settings"] == json.loads(json.dumps({**asdict(chat.settings), "stop": ["\nUser:"]}))
     assert {k: conv["settings"][k] for k in ("temperature", "top_k", "max_tokens", "seed")} == {
         "temperature": 0.2, "top_k": 40, "max_tokens": 50, "seed": 3}
     first, second = log.exchanges(conv["id"])
