@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from chatgpt_cli import __version__, cli_bench, cli_chat, cli_complete, cli_info, cli_inspect
+from chatgpt_cli import __version__, cli_bench, cli_chat, cli_complete, cli_info, cli_inspect, cli_serve
 from chatgpt_cli.cli_plumbing import err, quiet_broken_pipe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,7 +31,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """Chat with and generate text from GPT-2 models, locally."""
 
 
-for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_inspect):  # the order --help lists them in
+for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_inspect, cli_serve):  # the order --help lists them in
     module.register(app)
 
 

@@ -1,0 +1,224 @@
+"""The server's one engine: a worker thread that runs requests one at a time, in arrival order.
+
+Requests wait in a bounded queue (``Busy`` when it is full). Each request is a ``Job``; the worker
+reports its progress through ``job.emit`` as small events (``Piece``, ``End``, then ``Done`` or
+``Failed``). Setting ``job.cancelled`` (a client went away) stops its generation before the next
+token. The engine keeps its cache between jobs, so a chat client resending its history runs only
+the new tokens.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from chatgpt_cli.errors import ChatGPTCliError
+from chatgpt_cli.generate import Engine
+from chatgpt_cli.sampling import SamplingOptions, make_generator
+from chatgpt_cli.streaming import TextStream
+from chatgpt_cli.tokenizer import EOT, Tokenizer
+
+
+class Busy(ChatGPTCliError):
+    """The queue is full."""
+
+
+class Closing(ChatGPTCliError):
+    """The server is shutting down."""
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """OpenAI's frequency/presence penalties, a CTRL-style repetition penalty, min-p and logit bias."""
+
+    frequency: float = 0.0
+    presence: float = 0.0
+    repetition: float = 1.0
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.frequency or self.presence or self.repetition != 1.0 or self.min_p or self.logit_bias)
+
+    def apply(self, logits: torch.Tensor, prompt: list[int], generated: list[int]) -> torch.Tensor:
+        """The logits to sample from, given the prompt and the tokens generated so far."""
+        logits = logits.detach().float().clone()
+        if generated and (self.frequency or self.presence):
+            ids, counts = torch.tensor(generated).unique(return_counts=True)
+            logits[ids] -= counts.float() * self.frequency + self.presence
+        if self.repetition != 1.0 and (prompt or generated):
+            ids = torch.tensor(prompt + generated).unique()
+            seen = logits[ids]
+            logits[ids] = torch.where(seen > 0, seen / self.repetition, seen * self.repetition)
+        for token, bias in self.logit_bias:
+            logits[token] += bias
+        if self.min_p:
+            probs = torch.softmax(logits, dim=-1)
+            logits = logits.masked_fill(probs < self.min_p * probs.max(), float("-inf"))
+        return logits
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate: n choices for each prompt; ``logprobs`` is None (off) or how many alternatives."""
+
+    prompts: list[list[int]]
+    max_tokens: int
+    options: SamplingOptions
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    penalties: Penalties = field(default_factory=Penalties)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class Piece:  # text released for a choice, with the logprobs of the tokens it came from
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class End:
+    index: int
+    finish_reason: str  # "stop" (end-of-text or a stop string) or "length" (max_tokens, or cut short)
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Done:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens the cache already held
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+@dataclass
+class Job:
+    request: Request
+    emit: Callable[[object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logp = torch.log_softmax(logits.detach().float(), dim=-1)
+    alternatives = torch.topk(logp, top) if top else None
+    pairs = list(zip(alternatives.indices.tolist(), alternatives.values.tolist(), strict=True)) if top else []
+    return TokenLogprob(token, float(logp[token]), pairs)
+
+
+class Worker:
+    """Owns the engine; ``submit`` queues a job, a thread runs the jobs in order."""
+
+    def __init__(self, engine: Engine, max_waiting: int = 16, tokenizer: Tokenizer | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer or Tokenizer()
+        self.max_waiting = max_waiting
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closing = False
+        self.running: Job | None = None
+        self._thread = threading.Thread(target=self._loop, name="chatgpt-cli-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._jobs.qsize()
+
+    @property
+    def tokens_run(self) -> int:
+        return self.engine.total_tokens_run
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closing:
+                raise Closing("the server is shutting down")
+            if self._jobs.qsize() >= self.max_waiting:
+                raise Busy(f"the server is busy: {self.max_waiting} requests are already waiting; retry later")
+            self._jobs.put(job)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Refuse new jobs, fail the waiting ones, cut the running one short, and stop the thread."""
+        with self._lock:
+            self._closing = True
+            running = self.running
+        if running is not None:
+            running.cancelled.set()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.emit(Failed("the server is shutting down"))
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self.running = job
+            try:
+                if not job.cancelled.is_set():
+                    self._run(job)
+            except Exception as e:  # a bug or an out-of-memory: that request fails, the server goes on
+                job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
+            finally:
+                self.running = None
+
+    def _run(self, job: Job) -> None:
+        r = job.request
+        generator = make_generator(r.options.seed)
+        prompt_tokens = sum(len(self.engine.fit(p)) for p in r.prompts)
+        completion_tokens, cached = 0, None
+        for index in range(len(r.prompts) * r.n):  # n choices of each prompt, one after another
+            count, reason, reused = self._choice(job, index, r.prompts[index // r.n], generator)
+            cached = reused if cached is None else cached
+            completion_tokens += count
+            job.emit(End(index, reason, count))
+            if job.cancelled.is_set():  # the client left, or the server is closing: this is the end
+                break
+        job.emit(Done(prompt_tokens, completion_tokens, cached or 0))
+
+    def _choice(self, job: Job, index: int, prompt: list[int], generator: torch.Generator) -> tuple[int, str, int]:
+        """Generate one choice, emitting its pieces; (tokens generated, finish reason, prompt tokens reused)."""
+        r = job.request
+        stream = TextStream(self.tokenizer, r.stop)
+        steps: list[TokenLogprob] = []
+        generated: list[int] = []
+        on_step = (lambda logits, token: steps.append(token_logprob(logits, token, r.logprobs))
+                   ) if r.logprobs is not None else None
+        process = (lambda logits: r.penalties.apply(logits, prompt, generated)) if r.penalties.active else None
+        reason, reused = "length", 0
+        for token in self.engine.generate(prompt, r.max_tokens, r.options, generator, on_step=on_step,
+                                          process=process):
+            generated.append(token)
+            if len(generated) == 1:  # the prompt is in the cache now: how much of it was there before?
+                reused = self.engine.stats.prompt_tokens - self.engine.stats.prefill_tokens
+            if job.cancelled.is_set():
+                return len(generated), "length", reused
+            if token == EOT:
+                reason = "stop"
+                break
+            text = stream.push(token)
+            job.emit(Piece(index, text, steps))
+            steps = []
+            if stream.stopped:
+                return len(generated), "stop", reused
+        job.emit(Piece(index, stream.finish(), steps if reason == "length" else []))
+        return len(generated), reason, reused
