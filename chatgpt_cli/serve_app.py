@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from chatgpt_cli.errors import ChatGPTCliError
 from chatgpt_cli.serve_engine import Busy, Closing, Done, Failed, Job, Worker
 from chatgpt_cli.serve_render import Renderer
 from chatgpt_cli.serve_schema import (
@@ -125,9 +126,9 @@ def create_app(worker: Worker, config: ServeConfig, log: Callable[[str], None] =
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
 
-    @app.exception_handler(BadField)
-    async def bad_field(request: Request, exc: BadField) -> JSONResponse:
-        return error_response(400, str(exc), param=exc.param, code=exc.code)
+    @app.exception_handler(ChatGPTCliError)
+    async def bad_request(request: Request, exc: ChatGPTCliError) -> JSONResponse:
+        return error_response(400, str(exc), param=getattr(exc, "param", None), code=getattr(exc, "code", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
