@@ -11,14 +11,15 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import hf_model, write_hf_dir
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from chatgpt_cli.cli import app
 from chatgpt_cli.serve import bind, build, security_warning
 from chatgpt_cli.serve_app import ServeConfig
 from chatgpt_cli.serve_engine import Penalties
-from chatgpt_cli.serve_schema import chat_pieces, parse, ChatBody
+from chatgpt_cli.serve_schema import ChatBody, chat_pieces, parse
 from chatgpt_cli.template import load_template
 from chatgpt_cli.tokenizer import Tokenizer
 from chatgpt_cli.weights import load_model
@@ -54,8 +55,8 @@ def live_server(model_dir, **config):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_hf_dir(hf_model(n_positions=128), tmp_path_factory.mktemp("serve-model"))
+def model_dir(tiny_dir):
+    return tiny_dir  # a 64-token window
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +160,14 @@ def test_stop_ends_before_the_stop_text(client):
     assert r.choices[0].text == full[:full.index(stop)] and r.choices[0].finish_reason == "stop"
 
 
-def test_completion_logprobs_are_the_models(client, model_dir):
+def test_completion_logprobs_are_the_models(client, tiny_hf):
     prompt = "Numbers:"
     r = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0, logprobs=3)
     lp = r.choices[0].logprobs
     assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == 0
-    hf = hf_model(n_positions=128)
     ids = TOK.encode(prompt)
     with torch.no_grad():
-        first = torch.log_softmax(hf(torch.tensor([ids])).logits[0, -1].float(), -1)
+        first = torch.log_softmax(tiny_hf(torch.tensor([ids])).logits[0, -1].float(), -1)
     token = TOK.encode(lp.tokens[0])[0]
     assert lp.token_logprobs[0] == pytest.approx(float(first[token]), abs=1e-4)
     assert all(len(t) == 3 for t in lp.top_logprobs)
@@ -358,3 +358,55 @@ def test_api_key_and_cors(model_dir):
 def test_warns_without_a_key_on_other_addresses():
     assert security_warning("127.0.0.1", None) is None and security_warning("0.0.0.0", "k") is None
     assert "without an API key" in security_warning("0.0.0.0", None)
+
+
+# --- property-based fuzz of request bodies ----------------------------------------------------------
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=8),
+                 st.lists(st.integers(-5, 60000), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                               max_size=2))
+VALID = {  # values the API accepts (or nearly: edges included)
+    "temperature": st.floats(0, 2), "top_p": st.floats(0, 1), "n": st.integers(1, 3), "seed": st.integers(0, 99),
+    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=4)), "stream": st.booleans(),
+    "logit_bias": st.dictionaries(st.sampled_from(["0", "50256", "13"]), st.floats(-100, 100), max_size=2),
+    "frequency_penalty": st.floats(-2, 2), "presence_penalty": st.floats(-2, 2), "top_k": st.integers(-1, 50),
+    "min_p": st.floats(0, 1), "repetition_penalty": st.floats(0.5, 2),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+}
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant"]),
+                                 "content": st.one_of(st.text(max_size=20), st.lists(st.fixed_dictionaries(
+                                     {"type": st.just("text"), "text": st.text(max_size=5)}), max_size=2))})
+PROMPT = st.one_of(st.text(max_size=30), st.lists(st.integers(0, 50256), max_size=5),
+                   st.lists(st.text(max_size=5), min_size=1, max_size=2))
+
+
+def bodies(required: dict, optional: dict):
+    """Mostly valid bodies (a few fields), or bodies with junk anywhere and an unknown field now and then."""
+    valid = st.fixed_dictionaries(required, optional=optional)
+    junk = st.fixed_dictionaries({k: st.one_of(v, JUNK) for k, v in required.items()},
+                                 optional={k: st.one_of(v, JUNK) for k, v in optional.items()})
+    extra = st.dictionaries(st.text(max_size=4), JUNK, max_size=1)
+    return st.one_of(valid, st.tuples(junk, extra).map(lambda t: {**t[1], **t[0]}))
+
+
+# max_tokens is always there and small: every generation stays short
+COMPLETION = bodies({"max_tokens": st.integers(0, 4), "prompt": PROMPT},
+                    {**VALID, "logprobs": st.integers(0, 5), "echo": st.booleans()})
+CHAT = bodies({"max_tokens": st.integers(1, 4), "messages": st.lists(MESSAGE, min_size=1, max_size=3)},
+              {**VALID, "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(COMPLETION.map(lambda b: ("/v1/completions", b)),
+                      CHAT.map(lambda b: ("/v1/chat/completions", b))))
+def test_fuzzed_bodies_never_get_a_500_nor_hang(server, body):
+    path, data = body
+    r = httpx.post(server.url + path, content=json.dumps(data), timeout=20)
+    assert r.status_code in (200, 400), (r.status_code, r.text)
+    event(f"{path} {r.status_code}")
+    if r.status_code == 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    elif data.get("stream") is True:
+        assert r.text.endswith("data: [DONE]\n\n")
+    else:
+        assert r.json()["choices"]
