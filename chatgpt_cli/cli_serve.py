@@ -9,6 +9,7 @@ import typer
 from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, ModelOpt, VerboseOpt
 from chatgpt_cli.cli_plumbing import err, guarded, load
 from chatgpt_cli.errors import ChatGPTCliError, UsageError
+from chatgpt_cli.resources import shipped
 
 INSTALL_HINT = "serve needs FastAPI and uvicorn: pip install 'chatgpt-cli[serve]'"
 
@@ -47,8 +48,9 @@ def serve(
         from chatgpt_cli.serve import bind, build, run, security_warning
         from chatgpt_cli.serve_app import ServeConfig
 
-        name = (loaded.files[0].parent if len(loaded.files) > 1 or loaded.files[0].name == "model.safetensors"
-                else loaded.files[0]).name or "model"
+        first = loaded.files[0]
+        name = "bundled" if first.parent == shipped("weights") else (
+            first.parent.name if len(loaded.files) > 1 or first.name == "model.safetensors" else first.stem)
         warning = security_warning(host, api_key)
         if warning:
             err(warning)

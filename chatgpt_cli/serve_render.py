@@ -1,7 +1,7 @@
 """The engine's events as OpenAI response objects: whole (``add`` then ``whole``) or as stream chunks.
 
 ``kind`` is "text_completion" or "chat.completion". A chat reply starts after the template's
-assistant label, so the space the model writes first is dropped, as the chat command does.
+assistant label: the whitespace around it is dropped, as the chat command does.
 """
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ class Renderer:
         self.chat = kind == "chat.completion"
         self.echo, self.wants_logprobs = echo, logprobs
         self.texts: dict[int, str] = {}
+        self.held: dict[int, str] = {}
         self.logprobs: dict[int, list[TokenLogprob]] = {}
         self.finish: dict[int, str] = {}
         self.done: Done | None = None
 
     # --- text ------------------------------------------------------------------------------------
     def _text(self, index: int, text: str) -> str:
-        """The part of a piece that is shown: a chat reply drops its leading whitespace."""
-        if self.chat and not self.texts.get(index):
-            text = text.lstrip()
+        """The part of a piece shown now: a chat reply drops the whitespace around it, as the chat does
+        (whitespace is held back until more text follows it)."""
+        if self.chat:
+            text = self.held.get(index, "") + text
+            if not self.texts.get(index):
+                text = text.lstrip()
+            shown = text.rstrip()
+            self.held[index], text = text[len(shown):], shown
         self.texts[index] = self.texts.get(index, "") + text
         return text
 

@@ -128,6 +128,7 @@ def test_chat_whole_and_streamed(client):
     choice = whole.choices[0]
     assert whole.object == "chat.completion" and choice.message.role == "assistant"
     assert choice.finish_reason in ("stop", "length") and choice.message.content
+    assert choice.message.content == choice.message.content.strip()  # as the chat command keeps a reply
     prompt = [i for p in chat_pieces(TEMPLATE, parse(json.dumps({"messages": messages}).encode(), ChatBody).messages)
               for i in TOK.encode(p)]
     assert whole.usage.prompt_tokens == len(prompt) and TOK.decode(prompt).endswith("User: Hello!\nAI Assistant:")
@@ -150,6 +151,14 @@ def test_n_choices_and_seed_reproducibility(client):
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
                                           n=2, seed=3)
     assert [ch.index for ch in chat.choices] == [0, 1]
+
+
+def test_echo_and_token_prompts(client):
+    text = complete(client, "Echo me", max_tokens=4, temperature=0)
+    assert complete(client, "Echo me", max_tokens=4, temperature=0, echo=True) == "Echo me" + text
+    assert complete(client, TOK.encode("Echo me"), max_tokens=4, temperature=0) == text
+    both = client.completions.create(model="tiny", prompt=["Echo me", "Other"], max_tokens=4, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1] and both.choices[0].text == text
 
 
 def test_stop_ends_before_the_stop_text(client):
@@ -179,7 +188,7 @@ def test_chat_logprobs(client):
                                        logprobs=True, top_logprobs=2, temperature=0)
     content = r.choices[0].logprobs.content
     assert len(content) == 4 and all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)
-    assert "".join(c.token for c in content).lstrip() == r.choices[0].message.content
+    assert "".join(c.token for c in content).strip() == r.choices[0].message.content
     assert bytes(content[0].bytes).decode() == content[0].token
 
 
