@@ -100,6 +100,11 @@ class BadField(UsageError):
         self.param, self.code = param, code
 
 
+def is_type_tag(loc: object) -> bool:
+    """pydantic names a union's member in an error's location ('str', 'list[int]'): not a field."""
+    return isinstance(loc, str) and (loc in ("str", "int", "float", "bool") or "[" in loc)
+
+
 def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -115,8 +120,8 @@ def parse(raw: bytes, model: type[Strict]) -> Strict:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        first = max(e.errors(include_url=False), key=lambda err: len(err["loc"]))  # in a union: the deepest
+        param = ".".join(str(p) for p in first["loc"] if not is_type_tag(p)) or None
         if first["type"] == "extra_forbidden":
             raise BadField(param, f"Unrecognized request argument supplied: {param}") from None
         if first["type"] == "missing":

@@ -139,6 +139,18 @@ def test_chat_whole_and_streamed(client):
     assert chunks[-1].choices[0].finish_reason == choice.finish_reason
 
 
+def test_chat_messages_render_through_the_transcript_template():
+    messages = parse(json.dumps({"messages": [
+        {"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": [{"type": "text", "text": "Bye"}]},
+    ]}).encode(), ChatBody).messages
+    assert "".join(chat_pieces(TEMPLATE, messages)) == (
+        "Be kind.\nUser: Hi\nAI Assistant: Hello!\nUser: Bye\nAI Assistant:")
+    qa = load_template("qa")
+    no_system = chat_pieces(qa, messages[1:2])
+    assert no_system == [qa.render_system(qa.system), qa.render_user("Hi"), qa.assistant_prefix]
+
+
 def test_n_choices_and_seed_reproducibility(client):
     kw = dict(model="tiny", prompt="Hi", max_tokens=8, temperature=1.0, n=3)
     a = client.completions.create(seed=7, **kw)
