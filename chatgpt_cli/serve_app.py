@@ -89,7 +89,8 @@ class Guard:
                     scope, receive, send)
         too_big = error_response(413, f"the request body is larger than {self.config.max_body} bytes",
                                  code="request_too_large")
-        if int(headers.get("content-length", "0") or 0) > self.config.max_body:
+        length = headers.get("content-length", "0")
+        if length.isascii() and length.isdigit() and int(length) > self.config.max_body:
             return await too_big(scope, receive, send)
         body, more = b"", True
         while more:

@@ -132,7 +132,7 @@ def parse(raw: bytes, model: type[Strict]) -> Strict:
 def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     out = []
     for key, value in (bias or {}).items():
-        if not (key.isdigit() and int(key) < VOCAB):
+        if not (key.isascii() and key.isdigit() and int(key) < VOCAB):
             raise BadField("logit_bias", f"logit_bias: keys must be token ids from 0 to {VOCAB - 1}, not {key[:20]!r}")
         if not -100 <= value <= 100:
             raise BadField("logit_bias", f"logit_bias: values must be between -100 and 100, not {value}")

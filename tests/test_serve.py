@@ -327,6 +327,7 @@ BAD = [
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
     ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", None),
     ({"prompt": "x", "logit_bias": {"5": 500}}, "logit_bias", None),
+    ({"prompt": "x", "logit_bias": {"²": 1}}, "logit_bias", None),
     ({"prompt": [99999]}, "prompt", None),
     ({"prompt": []}, "prompt", None),
     ({}, "prompt", None),
