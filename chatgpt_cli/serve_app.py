@@ -177,9 +177,10 @@ def create_app(worker: Worker, config: ServeConfig, log: Callable[[str], None] =
         body = parse(await request.body(), ChatBody)
         pieces = chat_pieces(config.template, body.messages)
         prompt = [i for piece in pieces for i in tok.encode(piece)]
-        max_tokens = fit([prompt], body.max_completion_tokens or body.max_tokens or None, None)
-        if max_tokens == 0:
+        asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if asked == 0:
             raise BadField("max_tokens", "max_tokens: must be at least 1 for a chat completion")
+        max_tokens = fit([prompt], asked, None)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         req = to_request(body, [prompt], max_tokens, logprobs, config.template.stop)
         return await respond(request, req, body, "chat.completion")
@@ -213,8 +214,7 @@ def create_app(worker: Worker, config: ServeConfig, log: Callable[[str], None] =
             while True:
                 event = await events.get()
                 if isinstance(event, Failed):
-                    return error_response(503 if "shutting down" in event.message else 500, event.message,
-                                          "server_error")
+                    return error_response(event.status, event.message, "server_error")
                 render.add(event)
                 if isinstance(event, Done):
                     state["tokens"] = event.prompt_tokens + event.completion_tokens

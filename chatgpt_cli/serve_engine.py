@@ -107,6 +107,7 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     message: str
+    status: int = 500  # 503: the server is shutting down
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Worker:
             except queue.Empty:
                 break
             if job is not None:
-                job.emit(Failed("the server is shutting down"))
+                job.emit(Failed("the server is shutting down", 503))
         self._jobs.put(None)
         self._thread.join(timeout)
 

@@ -284,6 +284,13 @@ def test_a_disconnect_frees_the_engine_at_once(server, client):
     assert complete(client, "Hello", max_tokens=3, temperature=0)  # free for the next request
 
 
+def test_a_client_that_gives_up_waiting_frees_the_engine(server, client):
+    with pytest.raises(httpx.TimeoutException):  # not streamed: the client leaves before the answer
+        httpx.post(server.url + "/v1/completions", json={"prompt": "Go", "max_tokens": LONG}, timeout=0.5)
+    wait_until(lambda: not health(server)["busy"])
+    assert complete(client, "Hello", max_tokens=3, temperature=0)
+
+
 def test_queue_in_arrival_order_then_429_when_full(server, monkeypatch):
     served, statuses = [], []
     engine = server.worker.engine
@@ -340,6 +347,7 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "hi", "extra": 1}]}, "messages.0.extra", None),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": []}, "tools", None),
     ({"messages": "hi"}, "messages", None),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", None),
     ({"messages": [{"role": "user", "content": "word " * 200}]}, "messages", "context_length_exceeded"),
 ]
 
