@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -162,13 +162,12 @@ def create_app(worker: Worker, config: ServeConfig, log: Callable[[str], None] =
         body = parse(await request.body(), CompletionBody)
         if body.suffix:
             raise BadField("suffix", "suffix is not supported")
-        if body.echo and body.logprobs is not None:
-            raise BadField("echo", "echo together with logprobs is not supported (the prompt's logprobs)")
         if body.best_of not in (None, body.n or 1):
             raise BadField("best_of", "best_of must equal n (or be left out)")
         prompts = completion_prompts(body.prompt, tok.encode)
         max_tokens = fit(prompts, body.max_tokens, 16)
-        req = to_request(body, prompts, max_tokens, body.logprobs)
+        req = replace(to_request(body, prompts, max_tokens, body.logprobs),
+                      prompt_logprobs=bool(body.echo) and body.logprobs is not None)
         echo = [tok.decode(p) for p in prompts] if body.echo else None
         return await respond(request, req, body, "text_completion", echo=echo)
 

@@ -74,12 +74,13 @@ class Request:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     penalties: Penalties = field(default_factory=Penalties)
+    prompt_logprobs: bool = False  # also the logprobs of the prompt's tokens (completions' echo)
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
     token: int
-    logprob: float
+    logprob: float | None  # None: the first token of a prompt, which nothing predicts
     top: list[tuple[int, float]]
 
 
@@ -88,6 +89,7 @@ class Piece:  # text released for a choice, with the logprobs of the tokens it c
     index: int
     text: str
     logprobs: list[TokenLogprob]
+    prompt: bool = False  # the logprobs of the prompt's tokens (no text: the prompt is echoed whole)
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,12 @@ class Worker:
         r = job.request
         generator = make_generator(r.options.seed)
         prompt_tokens = sum(len(self.engine.fit(p)) for p in r.prompts)
-        completion_tokens, cached = 0, None
+        completion_tokens, cached, scored = 0, None, {}
         for index in range(len(r.prompts) * r.n):  # n choices of each prompt, one after another
+            if r.prompt_logprobs:
+                p = index // r.n
+                scored[p] = scored[p] if p in scored else self.prompt_logprobs(r.prompts[p], r.logprobs or 0)
+                job.emit(Piece(index, "", scored[p], prompt=True))
             count, reason, reused = self._choice(job, index, r.prompts[index // r.n], generator)
             cached = reused if cached is None else cached
             completion_tokens += count
@@ -195,6 +201,25 @@ class Worker:
             if job.cancelled.is_set():  # the client left, or the server is closing: this is the end
                 break
         job.emit(Done(prompt_tokens, completion_tokens, cached or 0))
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, prompt: list[int], top: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it, from one pass without the cache
+        (the cache, and what the engine knows it holds, stay as they are)."""
+        prompt = self.engine.fit(prompt)
+        model = self.engine.model
+        blocks = model.transformer.h
+        caches = [block.attn.kv_cache for block in blocks]
+        try:
+            for block in blocks:
+                block.attn.kv_cache = None
+            logits = model(torch.tensor([prompt], device=model.transformer.wte.weight.device))[0]  # (T, vocab)
+        finally:
+            for block, cache in zip(blocks, caches, strict=True):
+                block.attn.kv_cache = cache
+        self.engine.total_tokens_run += len(prompt)
+        first = TokenLogprob(prompt[0], None, [])
+        return [first] + [token_logprob(logits[i - 1], prompt[i], top) for i in range(1, len(prompt))]
 
     def _choice(self, job: Job, index: int, prompt: list[int], generator: torch.Generator) -> tuple[int, str, int]:
         """Generate one choice, emitting its pieces; (tokens generated, finish reason, prompt tokens reused)."""

@@ -47,6 +47,7 @@ class Renderer:
         return {"token": self.tok.decode([token]), "logprob": logprob, "bytes": list(self.tok.token_bytes(token))}
 
     def _logprobs(self, steps: list[TokenLogprob], offset: int) -> dict | None:
+        """OpenAI's logprobs object for these steps; ``offset``: where the first one's text starts."""
         if self.chat:
             return {"content": [{**self._token(s.token, s.logprob),
                                  "top_logprobs": [self._token(t, lp) for t, lp in s.top]} for s in steps]}
@@ -56,8 +57,8 @@ class Renderer:
             offsets.append(offset)
             offset += len(t)
         return {"tokens": tokens, "token_logprobs": [s.logprob for s in steps],
-                "top_logprobs": [{self.tok.decode([t]): lp for t, lp in s.top} for s in steps] if steps
-                and steps[0].top else None, "text_offset": offsets}
+                "top_logprobs": [None if s.logprob is None else {self.tok.decode([t]): lp for t, lp in s.top}
+                                 for s in steps] if any(s.top for s in steps) else None, "text_offset": offsets}
 
     # --- whole responses -------------------------------------------------------------------------
     def add(self, event: object) -> None:
@@ -74,8 +75,8 @@ class Renderer:
     def whole(self) -> dict:
         choices = []
         for i in sorted(self.finish):
-            lp = self._logprobs(self.logprobs[i], len(self.echo[i // self.n]) if self.echo else 0) \
-                if i in self.logprobs and self.wants_logprobs else None
+            start = len(self.echo[i // self.n]) if self.echo and not self.scored_prompt(i) else 0
+            lp = self._logprobs(self.logprobs.get(i, []), start) if self.wants_logprobs else None
             if self.chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": self.texts[i]},
                                 "logprobs": lp, "finish_reason": self.finish[i]})
@@ -113,7 +114,13 @@ class Renderer:
             return [self._chunk(i, self._start(i), None, None) for i in range(self.n * len(self.echo))]
         return []
 
+    def scored_prompt(self, index: int) -> bool:
+        steps = self.logprobs.get(index)
+        return bool(steps) and steps[0].logprob is None
+
     def chunk(self, event: object) -> dict | None:
+        if isinstance(event, Piece) and event.prompt:
+            return self._chunk(event.index, "", self._logprobs(event.logprobs, 0), None)
         if isinstance(event, Piece):
             offset = len(self.texts.get(event.index, "")) + len(self._start(event.index))
             text = self._text(event.index, event.text)

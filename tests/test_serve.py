@@ -195,6 +195,27 @@ def test_completion_logprobs_are_the_models(client, tiny_hf):
     assert max(lp.top_logprobs[0].values()) == pytest.approx(lp.token_logprobs[0])  # greedy: the top one
 
 
+def test_echo_with_logprobs_scores_the_prompt(client, tiny_hf):
+    prompt = "The cat sat on the mat"
+    ids = TOK.encode(prompt)
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == prompt and lp.tokens == [TOK.decode([i]) for i in ids]
+    with torch.no_grad():
+        ref = torch.log_softmax(tiny_hf(torch.tensor([ids])).logits[0].float(), -1)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx([float(ref[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4)
+    assert lp.text_offset == [len(TOK.decode(ids[:i])) for i in range(len(ids))]
+    more = client.completions.create(model="tiny", prompt=prompt, max_tokens=2, echo=True, logprobs=0, temperature=0)
+    assert more.choices[0].logprobs.tokens[:len(ids)] == lp.tokens and len(more.choices[0].logprobs.tokens) == len(
+        ids) + 2 and more.choices[0].text == prompt + complete(client, prompt, max_tokens=2, temperature=0)
+    streamed = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=2, echo=True, logprobs=0,
+                                              temperature=0, stream=True))
+    assert [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == \
+        more.choices[0].logprobs.tokens
+    assert "".join(c.choices[0].text for c in streamed) == more.choices[0].text
+
+
 def test_chat_logprobs(client):
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                        logprobs=True, top_logprobs=2, temperature=0)
