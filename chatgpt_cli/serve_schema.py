@@ -145,7 +145,7 @@ def to_request(body: Sampling, prompts: list[list[int]], max_tokens: int, logpro
     """The API's sampling fields -> the engine's request (OpenAI's defaults: temperature 1, top_p 1)."""
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    if top_p == 0:  # the smallest set with any probability is the most likely token
+    if top_p < 1e-6 or temperature < 1e-6:  # the most likely token (sampling.py's filters fail on tiny values)
         temperature, top_p = 0.0, 1.0
     seed = None if body.seed is None else body.seed % 2**63
     options = SamplingOptions(temperature, max(body.top_k or 0, 0), top_p, seed)

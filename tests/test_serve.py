@@ -173,6 +173,12 @@ def test_echo_and_token_prompts(client):
     assert [c.index for c in both.choices] == [0, 1] and both.choices[0].text == text
 
 
+def test_a_tiny_temperature_or_top_p_is_greedy(client):  # found by the fuzz: both made nan probabilities
+    greedy = complete(client, "A", max_tokens=4, temperature=0)
+    assert complete(client, "A", max_tokens=4, temperature=1e-187) == greedy
+    assert complete(client, "A", max_tokens=4, top_p=1e-187, seed=1) == greedy
+
+
 def test_stop_ends_before_the_stop_text(client):
     full = complete(client, "Stop here:", max_tokens=12, temperature=0)
     stop = full[len(full) // 2:len(full) // 2 + 3]
