@@ -458,14 +458,17 @@ CHAT = bodies({"max_tokens": st.integers(1, 4), "messages": st.lists(MESSAGE, mi
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=st.one_of(COMPLETION.map(lambda b: ("/v1/completions", b)),
-                      CHAT.map(lambda b: ("/v1/chat/completions", b))))
+                      CHAT.map(lambda b: ("/v1/chat/completions", b)),
+                      st.tuples(st.sampled_from(["/v1/completions", "/v1/chat/completions"]), st.binary(max_size=40))))
 def test_fuzzed_bodies_never_get_a_500_nor_hang(server, body):
     path, data = body
-    r = httpx.post(server.url + path, content=json.dumps(data), timeout=20)
+    r = httpx.post(server.url + path, content=data if isinstance(data, bytes) else json.dumps(data), timeout=20)
     assert r.status_code in (200, 400), (r.status_code, r.text)
     event(f"{path} {r.status_code}")
     if r.status_code == 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    elif isinstance(data, bytes):
+        pytest.fail(f"{data!r} was accepted")
     elif data.get("stream") is True:
         assert r.text.endswith("data: [DONE]\n\n")
     else:
