@@ -16,7 +16,7 @@ INSTALL_HINT = "serve needs FastAPI and uvicorn: pip install 'chatgpt-cli[serve]
 
 def serve(
     model: ModelOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (another than 127.0.0.1 exposes the model).")] = (
+    host: Annotated[str, typer.Option(help="Address to listen on (any other than 127.0.0.1 exposes the model).")] = (
         "127.0.0.1"),
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="CHATGPT_CLI_API_KEY", show_envvar=True, help=(
