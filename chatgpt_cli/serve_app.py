@@ -181,7 +181,7 @@ def create_app(worker: Worker, config: ServeConfig, log: Callable[[str], None] =
             raise BadField("max_tokens", "max_tokens: must be at least 1 for a chat completion")
         max_tokens = fit([prompt], asked, None)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        req = to_request(body, [prompt], max_tokens, logprobs, config.template.stop)
+        req = to_request(body, [prompt], max_tokens, logprobs, config.template.stop, config.template.sampling)
         return await respond(request, req, body, "chat.completion")
 
     async def respond(request: Request, req, body, kind: str, echo: list[str] | None = None):

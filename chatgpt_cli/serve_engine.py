@@ -32,38 +32,6 @@ class Closing(ChatGPTCliError):
 
 
 @dataclass(frozen=True)
-class Penalties:
-    """OpenAI's frequency/presence penalties, a CTRL-style repetition penalty, min-p and logit bias."""
-
-    frequency: float = 0.0
-    presence: float = 0.0
-    repetition: float = 1.0
-    min_p: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.frequency or self.presence or self.repetition != 1.0 or self.min_p or self.logit_bias)
-
-    def apply(self, logits: torch.Tensor, prompt: list[int], generated: list[int]) -> torch.Tensor:
-        """The logits to sample from, given the prompt and the tokens generated so far."""
-        logits = logits.detach().float().clone()
-        if generated and (self.frequency or self.presence):
-            ids, counts = torch.tensor(generated).unique(return_counts=True)
-            logits[ids] -= counts.float() * self.frequency + self.presence
-        if self.repetition != 1.0 and (prompt or generated):
-            ids = torch.tensor(prompt + generated).unique()
-            seen = logits[ids]
-            logits[ids] = torch.where(seen > 0, seen / self.repetition, seen * self.repetition)
-        for token, bias in self.logit_bias:
-            logits[token] += bias
-        if self.min_p:
-            probs = torch.softmax(logits, dim=-1)
-            logits = logits.masked_fill(probs < self.min_p * probs.max(), float("-inf"))
-        return logits
-
-
-@dataclass(frozen=True)
 class Request:
     """What to generate: n choices for each prompt; ``logprobs`` is None (off) or how many alternatives."""
 
@@ -73,7 +41,6 @@ class Request:
     n: int = 1
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
-    penalties: Penalties = field(default_factory=Penalties)
     prompt_logprobs: bool = False  # also the logprobs of the prompt's tokens (completions' echo)
 
 
@@ -110,6 +77,17 @@ class Done:
 class Failed:
     message: str
     status: int = 500  # 503: the server is shutting down
+
+
+@dataclass
+class Choice:
+    """One choice as it is generated."""
+
+    stream: TextStream
+    steps: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet emitted
+    count: int = 0
+    reason: str = "length"
+    ended: bool = False
 
 
 @dataclass
@@ -188,19 +166,69 @@ class Worker:
         r = job.request
         generator = make_generator(r.options.seed)
         prompt_tokens = sum(len(self.engine.fit(p)) for p in r.prompts)
-        completion_tokens, cached, scored = 0, None, {}
-        for index in range(len(r.prompts) * r.n):  # n choices of each prompt, one after another
+        completion_tokens, cached = 0, None
+        for p, prompt in enumerate(r.prompts):  # the n choices of each prompt: batched when n > 1
+            choices = {p * r.n + j: Choice(TextStream(self.tokenizer, r.stop)) for j in range(r.n)}
             if r.prompt_logprobs:
-                p = index // r.n
-                scored[p] = scored[p] if p in scored else self.prompt_logprobs(r.prompts[p], r.logprobs or 0)
-                job.emit(Piece(index, "", scored[p], prompt=True))
-            count, reason, reused = self._choice(job, index, r.prompts[index // r.n], generator)
+                scored = self.prompt_logprobs(prompt, r.logprobs or 0)
+                for index in choices:
+                    job.emit(Piece(index, "", scored, prompt=True))
+            reused = self._single(job, prompt, choices, generator) if r.n == 1 else self._batch(job, prompt, choices)
             cached = reused if cached is None else cached
-            completion_tokens += count
-            job.emit(End(index, reason, count))
+            for index, choice in choices.items():
+                if not choice.ended:
+                    job.emit(Piece(index, choice.stream.finish(), choice.steps))
+                job.emit(End(index, choice.reason, choice.count))
+                completion_tokens += choice.count
             if job.cancelled.is_set():  # the client left, or the server is closing: this is the end
                 break
         job.emit(Done(prompt_tokens, completion_tokens, cached or 0))
+
+    def _reused(self) -> int:
+        """How much of the last prompt the cache held already (once its first token is drawn)."""
+        return self.engine.stats.prompt_tokens - self.engine.stats.prefill_tokens
+
+    def _single(self, job: Job, prompt: list[int], choices: dict[int, Choice], generator: torch.Generator) -> int:
+        """One choice; the engine's cache then holds its tokens too (the next turn of a chat reuses them)."""
+        (index, choice), = choices.items()
+        k = job.request.logprobs
+        on_step = (lambda logits, token: choice.steps.append(token_logprob(logits, token, k))) if k is not None \
+            else None
+        reused = 0
+        for token in self.engine.generate(prompt, job.request.max_tokens, job.request.options, generator,
+                                          on_step=on_step):
+            reused = reused or self._reused()
+            if job.cancelled.is_set() or self._push(job, index, choice, token):
+                break
+        return reused
+
+    def _batch(self, job: Job, prompt: list[int], choices: dict[int, Choice]) -> int:
+        """n choices decoded as one batch (row i is seeded seed + i); rows leave as they end."""
+        r, first, k = job.request, min(choices), job.request.logprobs
+        ended: set[int] = set()
+        on_step = (lambda row, logits, token: choices[first + row].steps.append(token_logprob(logits, token, k))) \
+            if k is not None else None
+        reused = 0
+        for step in self.engine.generate_batch(prompt, r.max_tokens, r.options, r.n, ended=ended, on_step=on_step):
+            reused = reused or self._reused()
+            if job.cancelled.is_set():
+                break
+            for row, token in step.items():
+                if self._push(job, first + row, choices[first + row], token):
+                    ended.add(row)
+        return reused
+
+    def _push(self, job: Job, index: int, choice: Choice, token: int) -> bool:
+        """One more token of a choice, its text emitted; True when that ends the choice."""
+        choice.count += 1
+        if token == EOT:
+            choice.steps = []  # nobody sees the end-of-text token
+        else:
+            job.emit(Piece(index, choice.stream.push(token), choice.steps))
+            choice.steps = []
+        if token == EOT or choice.stream.stopped:
+            choice.reason, choice.ended = "stop", True
+        return choice.ended
 
     @torch.inference_mode()
     def prompt_logprobs(self, prompt: list[int], top: int) -> list[TokenLogprob]:
@@ -220,31 +248,3 @@ class Worker:
         self.engine.total_tokens_run += len(prompt)
         first = TokenLogprob(prompt[0], None, [])
         return [first] + [token_logprob(logits[i - 1], prompt[i], top) for i in range(1, len(prompt))]
-
-    def _choice(self, job: Job, index: int, prompt: list[int], generator: torch.Generator) -> tuple[int, str, int]:
-        """Generate one choice, emitting its pieces; (tokens generated, finish reason, prompt tokens reused)."""
-        r = job.request
-        stream = TextStream(self.tokenizer, r.stop)
-        steps: list[TokenLogprob] = []
-        generated: list[int] = []
-        on_step = (lambda logits, token: steps.append(token_logprob(logits, token, r.logprobs))
-                   ) if r.logprobs is not None else None
-        process = (lambda logits: r.penalties.apply(logits, prompt, generated)) if r.penalties.active else None
-        reason, reused = "length", 0
-        for token in self.engine.generate(prompt, r.max_tokens, r.options, generator, on_step=on_step,
-                                          process=process):
-            generated.append(token)
-            if len(generated) == 1:  # the prompt is in the cache now: how much of it was there before?
-                reused = self.engine.stats.prompt_tokens - self.engine.stats.prefill_tokens
-            if job.cancelled.is_set():
-                return len(generated), "length", reused
-            if token == EOT:
-                reason = "stop"
-                break
-            text = stream.push(token)
-            job.emit(Piece(index, text, steps))
-            steps = []
-            if stream.stopped:
-                return len(generated), "stop", reused
-        job.emit(Piece(index, stream.finish(), steps if reason == "length" else []))
-        return len(generated), reason, reused

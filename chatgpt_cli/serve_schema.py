@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatgpt_cli.errors import UsageError
 from chatgpt_cli.sampling import SamplingOptions
-from chatgpt_cli.serve_engine import Penalties, Request
+from chatgpt_cli.serve_engine import Request
 from chatgpt_cli.template import Template
 
 MAX_TOKENS = 65536  # the most tokens one request may ask for
@@ -141,19 +141,23 @@ def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
 
 
 def to_request(body: Sampling, prompts: list[list[int]], max_tokens: int, logprobs: int | None,
-               extra_stop: tuple[str, ...] = ()) -> Request:
-    """The API's sampling fields -> the engine's request (OpenAI's defaults: temperature 1, top_p 1)."""
+               extra_stop: tuple[str, ...] = (), defaults: tuple[tuple[str, float], ...] = ()) -> Request:
+    """The API's sampling fields -> the engine's request. OpenAI's defaults (temperature 1, top_p 1),
+    and for the processors ``defaults`` (a chat template's [sampling]) where the body says nothing."""
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     if top_p < 1e-6 or temperature < 1e-6:  # the most likely token (sampling.py's filters fail on tiny values)
         temperature, top_p = 0.0, 1.0
     seed = None if body.seed is None else body.seed % 2**63
-    options = SamplingOptions(temperature, max(body.top_k or 0, 0), top_p, seed)
-    penalties = Penalties(frequency=body.frequency_penalty or 0.0, presence=body.presence_penalty or 0.0,
-                          repetition=body.repetition_penalty or 1.0, min_p=body.min_p or 0.0,
-                          logit_bias=logit_bias(body.logit_bias))
-    return Request(prompts, max_tokens, options, n=body.n or 1, stop=extra_stop + body.stops(),
-                   logprobs=logprobs, penalties=penalties)
+    given = {"repeat_penalty": body.repetition_penalty, "frequency_penalty": body.frequency_penalty,
+             "presence_penalty": body.presence_penalty, "min_p": body.min_p}
+    processors = {**dict(defaults), **{k: v for k, v in given.items() if v is not None}}
+    for name in ("repeat_last_n", "no_repeat_ngram"):  # counts (a template's TOML may say 3.0)
+        if name in processors:
+            processors[name] = int(processors[name])
+    options = SamplingOptions(temperature, max(body.top_k or 0, 0), top_p, seed, **processors,
+                              logit_bias=logit_bias(body.logit_bias))
+    return Request(prompts, max_tokens, options, n=body.n or 1, stop=extra_stop + body.stops(), logprobs=logprobs)
 
 
 def completion_prompts(prompt: str | list, encode) -> list[list[int]]:

@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from chatgpt_cli.cli import app
 from chatgpt_cli.serve import bind, build, security_warning
 from chatgpt_cli.serve_app import ServeConfig
-from chatgpt_cli.serve_engine import Penalties
-from chatgpt_cli.serve_schema import ChatBody, chat_pieces, parse
+from chatgpt_cli.serve_schema import ChatBody, CompletionBody, chat_pieces, parse, to_request
 from chatgpt_cli.template import load_template
 from chatgpt_cli.tokenizer import Tokenizer
 from chatgpt_cli.weights import load_model
@@ -163,6 +162,13 @@ def test_n_choices_and_seed_reproducibility(client):
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
                                           n=2, seed=3)
     assert [ch.index for ch in chat.choices] == [0, 1]
+    greedy = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, temperature=0, n=3, logprobs=1)
+    single = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, temperature=0, logprobs=1)
+    assert [c.text for c in greedy.choices] == [single.choices[0].text] * 3  # one batch, three equal rows
+    for c in greedy.choices:
+        assert c.logprobs.token_logprobs == pytest.approx(single.choices[0].logprobs.token_logprobs, abs=1e-4)
+    streamed = list(client.completions.create(seed=7, stream=True, **kw))
+    assert ["".join(c.choices[0].text for c in streamed if c.choices[0].index == i) for i in range(3)] == texts
 
 
 def test_echo_and_token_prompts(client):
@@ -244,13 +250,20 @@ def test_penalties_bias_and_min_p(client):
         greedy.choices[0].text
 
 
-def test_penalty_formulas():
-    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
-    out = Penalties(frequency=0.5, presence=0.25).apply(logits, prompt=[3], generated=[0, 0, 2])
-    assert out.tolist() == [2.0 - 1.0 - 0.25, -2.0, 1.0 - 0.5 - 0.25, 0.5]
-    out = Penalties(repetition=2.0).apply(logits, prompt=[0], generated=[1])
-    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]
-    assert logits.tolist() == [2.0, -2.0, 1.0, 0.5]  # inputs are never modified
+def test_the_sampling_fields_map_onto_the_engines_options():
+    body = parse(json.dumps({"prompt": "x", "temperature": 0.5, "top_p": 0.9, "top_k": 7, "seed": -1,
+                             "frequency_penalty": 0.5, "presence_penalty": -0.25, "repetition_penalty": 1.3,
+                             "min_p": 0.1, "logit_bias": {"13": -100}, "n": 2, "stop": "\n"}).encode(), CompletionBody)
+    r = to_request(body, [[1, 2]], 5, None, ("User:",))
+    o = r.options
+    assert (o.temperature, o.top_p, o.top_k, o.seed) == (0.5, 0.9, 7, 2**63 - 1)
+    assert (o.frequency_penalty, o.presence_penalty, o.repeat_penalty, o.min_p) == (0.5, -0.25, 1.3, 0.1)
+    assert o.logit_bias == ((13, -100.0),) and (r.n, r.stop, r.max_tokens) == (2, ("User:", "\n"), 5)
+    defaults = to_request(parse(b'{"prompt": "x"}', CompletionBody), [[1]], 16, None).options
+    assert (defaults.temperature, defaults.top_p, defaults.top_k, defaults.adjusts) == (1.0, 1.0, 0, False)
+    template = (("repeat_penalty", 1.1), ("no_repeat_ngram", 3.0), ("min_p", 0.05))  # a chat template's [sampling]
+    chat = to_request(parse(b'{"prompt": "x", "min_p": 0.2}', CompletionBody), [[1]], 16, None, (), template).options
+    assert (chat.repeat_penalty, chat.no_repeat_ngram, chat.min_p) == (1.1, 3, 0.2)  # the request's own wins
 
 
 # --- the engine: prefix reuse, arrival order, concurrency, disconnects ---------------------------------
