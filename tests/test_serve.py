@@ -166,7 +166,7 @@ def test_n_choices_and_seed_reproducibility(client):
     single = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, temperature=0, logprobs=1)
     assert [c.text for c in greedy.choices] == [single.choices[0].text] * 3  # one batch, three equal rows
     for c in greedy.choices:
-        assert c.logprobs.token_logprobs == pytest.approx(single.choices[0].logprobs.token_logprobs, abs=1e-4)
+        assert c.logprobs.token_logprobs == pytest.approx(single.choices[0].logprobs.token_logprobs, abs=1e-2)
     streamed = list(client.completions.create(seed=7, stream=True, **kw))
     assert ["".join(c.choices[0].text for c in streamed if c.choices[0].index == i) for i in range(3)] == texts
 
@@ -202,7 +202,7 @@ def test_completion_logprobs_are_the_models(client, tiny_hf):
     with torch.no_grad():
         first = torch.log_softmax(tiny_hf(torch.tensor([ids])).logits[0, -1].float(), -1)
     token = TOK.encode(lp.tokens[0])[0]
-    assert lp.token_logprobs[0] == pytest.approx(float(first[token]), abs=1e-4)
+    assert lp.token_logprobs[0] == pytest.approx(float(first[token]), abs=1e-3)
     assert all(len(t) == 3 for t in lp.top_logprobs)
     assert max(lp.top_logprobs[0].values()) == pytest.approx(lp.token_logprobs[0])  # greedy: the top one
 
@@ -216,7 +216,7 @@ def test_echo_with_logprobs_scores_the_prompt(client, tiny_hf):
     with torch.no_grad():
         ref = torch.log_softmax(tiny_hf(torch.tensor([ids])).logits[0].float(), -1)
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
-    assert lp.token_logprobs[1:] == pytest.approx([float(ref[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4)
+    assert lp.token_logprobs[1:] == pytest.approx([float(ref[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-3)
     assert lp.text_offset == [len(TOK.decode(ids[:i])) for i in range(len(ids))]
     more = client.completions.create(model="tiny", prompt=prompt, max_tokens=2, echo=True, logprobs=0, temperature=0)
     assert more.choices[0].logprobs.tokens[:len(ids)] == lp.tokens and len(more.choices[0].logprobs.tokens) == len(

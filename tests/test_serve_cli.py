@@ -24,7 +24,7 @@ def test_a_signal_ends_the_running_stream_properly_and_exits_0(tiny_dir, sig):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "CHATGPT_CLI_API_KEY": ""})
     try:
         banner = proc.stderr.readline()
-        match = re.fullmatch(r"chatgpt-cli serve: \S+ \([\d,]+ parameters, float32, cpu\) at "
+        match = re.fullmatch(r"chatgpt-cli serve: \S+ \([\d,]+ parameters, [^,]+, cpu\) at "
                              r"http://127\.0\.0\.1:(\d+)/v1 · Ctrl-C stops\n", banner)
         assert match, banner
         url = f"http://127.0.0.1:{match.group(1)}"
