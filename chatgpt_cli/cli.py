@@ -21,6 +21,7 @@ from chatgpt_cli import (
     cli_info,
     cli_inspect,
     cli_logs,
+    cli_serve,
 )
 from chatgpt_cli.cli_edge import OneLineErrors
 from chatgpt_cli.cli_plumbing import err, quiet_broken_pipe
@@ -41,7 +42,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """Chat with and generate text from GPT-2 models, locally."""
 
 
-for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_logs, cli_inspect, cli_explain):  # --help's order
+for module in (cli_complete, cli_info, cli_bench, cli_chat, cli_logs, cli_inspect, cli_explain, cli_serve):
     module.register(app)
 
 
