@@ -61,8 +61,8 @@ def test_the_mix_on_a_small_corpus(tmp_path, monkeypatch):
     spc = [f"User: Hi, I'm [user 1's name]. Topic {i}.\nAssistant: Hello [user 2's name] here, I live in Ohio."
            for i in range(60)] + ["User: I'm from [city].\nAssistant: Nice."] * 3
     sgd = [f"User: Book table {i} please.\nAssistant: Which city?\nUser: Paris.\nAssistant: Done." for i in range(80)]
-    bot = ["User: Do you have a dog?\nAssistant: Yes, I have a dog and my wife loves him.",
-           "User: What is AI?\nAssistant: Software [that learns].", "User: What is AI?\nAssistant: Software [that learns]."]
+    bot = ["User: Do you have a dog?\nAssistant: Yes, I have a dog and my wife loves him."]
+    bot += ["User: What is AI?\nAssistant: Software [that learns]."] * 2
     write(tmp_path, "synthetic-persona-chat", "spc_conversations.txt", spc)
     write(tmp_path, "sgd", "sgd_dialogues.txt", sgd)
     write(tmp_path, "chatterbot-corpus", "chatterbot_english.txt", bot)

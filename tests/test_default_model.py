@@ -18,6 +18,7 @@ def test_bundled_model_fits_the_budget_and_is_gpt2_shaped():
     loaded = load_model(WEIGHTS, dtype="float16")  # as stored
     assert loaded.config.vocab_size == 50257 and loaded.model.lm_head is None
     assert loaded.dtype == torch.float16
+    assert loaded.config.n_positions == 512  # chats fill 256 tokens after three or four exchanges
 
 
 def test_transformers_loads_it_and_agrees():
