@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import build_data  # noqa: E402
 import identity_data  # noqa: E402
+import torch  # noqa: E402
 
 from chatgpt_cli.chat import Chat, Settings  # noqa: E402
 from chatgpt_cli.generate import Engine  # noqa: E402
@@ -85,13 +86,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / "weights")
     ap.add_argument("--out", type=Path, default=ROOT / ".train" / "eval")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="one question, one seed, one sample chat (a check)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    questions, seeds, sample_chats = (QUESTIONS[:1], SEEDS[:1], SAMPLES[:1]) if args.quick else (
+        QUESTIONS, SEEDS, SAMPLES)
     loaded = load_model(args.model)
     engine = Engine(loaded.model)
     trained = {q for qs in identity_data.QUESTIONS.values() for q in qs}
     identity = []
-    for q in QUESTIONS:
-        for seed in SEEDS:
+    for q in questions:
+        for seed in seeds:
             reply = chat(engine, seed, [q])[0][0][1]
             identity.append({"question": q, "seed": seed, "reply": reply, "in_identity_templates": q in trained,
                              "says_ai": bool(SAYS_AI.search(reply)),
@@ -105,7 +112,7 @@ def main() -> None:
                "questions_in_identity_templates": sum(q in trained for q in QUESTIONS)}
     print(json.dumps(summary), flush=True)
     samples = []
-    for seed, messages in SAMPLES:
+    for seed, messages in sample_chats:
         turns, used = chat(engine, seed, messages)
         samples.append({"seed": seed, "turns": turns, "context_tokens": used})
     args.out.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="planned steps (the learning-rate schedule)")
     ap.add_argument("--minutes", type=float, default=0, help="stop after this much time (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--eval-windows", type=int, default=200, help="validation windows measured during training")
+    ap.add_argument("--eval-windows", type=int, default=200,
+                    help="validation windows measured during training (with --eval-only: of each source)")
     ap.add_argument("--warmup", type=int, default=200, help="warm-up steps (at most a tenth of --steps)")
     ap.add_argument("--init", type=Path, help="start from this model directory instead of random weights")
     ap.add_argument("--seed", type=int, default=1337)
@@ -119,32 +120,40 @@ def main() -> None:
     train_pairs, val_pairs = build_split(args.corpus, args.seed)
     if args.tiny:
         train_pairs, val_pairs = train_pairs[:200], val_pairs[:20]
-    train_docs, val_docs = [d for _, d in train_pairs], [d for _, d in val_pairs]
-    train, val = to_stream(train_docs, tok), to_stream(val_docs, tok)
-    print(f"data: {len(train_docs)} train docs, {len(train):,} tokens; {len(val_docs)} val documents, "
-          f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
-    mix: dict[str, int] = {}
-    for source, doc in train_pairs:
-        mix[source] = mix.get(source, 0) + len(tok.encode(doc)) + 1
-    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]))
-    for source, n in mix.items():
-        print(f"  mix {source}: {n:,} tokens ({100 * n / len(train):.1f}%)", flush=True)
-
-    if args.eval_only:
+    val_docs = [d for _, d in val_pairs]
+    val = to_stream(val_docs, tok)
+    if args.eval_only:  # each source on its own stream; the overall figure weighs them by their tokens
         model = load_model(args.out, dtype="float32").model
-        full = evaluate(model, val, model.config.n_positions, max_windows=10_000)
-        print(f"val_loss {full:.4f} nats/token over the whole validation split ({len(val):,} tokens)")
         by_source = {}
         for source in dict.fromkeys(s for s, _ in val_pairs):
             docs = [d for s, d in val_pairs if s == source]
             stream = to_stream(docs, tok)
-            by_source[source] = {"val_loss": round(evaluate(model, stream, model.config.n_positions, 10_000), 4),
-                                 "tokens": len(stream), "documents": len(docs)}
-            print(f"  {source}: {by_source[source]}")
+            window = model.config.n_positions
+            used = min(args.eval_windows, (len(stream) - 1) // window) * window
+            by_source[source] = {"val_loss": round(evaluate(model, stream, window, args.eval_windows), 4),
+                                 "tokens": len(stream), "tokens_scored": used, "documents": len(docs)}
+            print(f"  {source}: {by_source[source]}", flush=True)
+        total = sum(v["tokens_scored"] for v in by_source.values())
+        full = sum(v["val_loss"] * v["tokens_scored"] for v in by_source.values()) / total
+        print(f"val_loss {full:.4f} nats/token over {total:,} tokens of the validation split "
+              f"(at most {args.eval_windows} windows of each source)")
         meta = json.loads((args.out / "training.json").read_text())
-        meta |= {"val_loss_full_split": round(full, 4), "val_tokens": len(val), "val_by_source": by_source}
+        meta |= {"val_loss_split": round(full, 4), "val_tokens_scored": total, "val_by_source": by_source}
         (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
         return
+
+    mix: dict[str, int] = {}
+    train_ids: list[int] = []
+    for source, doc in train_pairs:
+        ids = tok.encode(doc)
+        train_ids += ids + [EOT]
+        mix[source] = mix.get(source, 0) + len(ids) + 1
+    train = torch.tensor(train_ids, dtype=torch.int32)
+    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+    print(f"data: {len(train_pairs)} train docs, {len(train):,} tokens; {len(val_docs)} val documents, "
+          f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
+    for source, n in mix.items():
+        print(f"  mix {source}: {n:,} tokens ({100 * n / len(train):.1f}%)", flush=True)
 
     if args.init:
         model = from_model(args.init, args.block)
