@@ -1,10 +1,13 @@
 """Train the default model shipped in weights/ (not imported at run time).
 
-Builds its text from ../shared/corpus/ (deterministically), renders every conversation in the
-project's chat template, keeps a validation split apart, trains chatgpt_cli.model.GPT with the
-GPT-2 tokenizer (tied unembedding) and exports a Hugging Face style directory.
+Builds its text with scripts/build_data.py from ../shared/corpus/ (deterministically: placeholders
+removed, persona chats recast, the assistant's identity added, sources rebalanced), keeps a
+validation split apart, trains chatgpt_cli.model.GPT with the GPT-2 tokenizer (tied unembedding)
+and exports a Hugging Face style directory. --init starts from an existing model instead of
+random weights (its position table is repeated to fill a longer --block).
 
     python scripts/train_default.py --out weights --minutes 120
+    python scripts/train_default.py --init weights --block 512 --out .train/final --minutes 45
     python scripts/train_default.py --tiny --steps 3 --out /tmp/w   # smoke test
 """
 
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,83 +26,24 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_data as build_data_module  # noqa: E402
+
 from chatgpt_cli.model import GPT, GPTConfig, init_weights  # noqa: E402
-from chatgpt_cli.template import load_template  # noqa: E402
 from chatgpt_cli.tokenizer import EOT, Tokenizer  # noqa: E402
 from chatgpt_cli.weights import load_model, save_model  # noqa: E402
 
-# (folder, file, kind, fraction of conversations/paragraphs kept)
-SOURCES = [
-    ("topical-chat", "topical_chat_conversations.txt", "dialogue", 1.0),
-    ("synthetic-persona-chat", "spc_conversations.txt", "dialogue", 1.0),
-    ("dolly-open-qa", "dolly_open_qa.txt", "dialogue", 1.0),
-    ("chatterbot-corpus", "chatterbot_english.txt", "dialogue", 1.0),
-    ("taskmaster4", "taskmaster4_dialogues.txt", "dialogue", 1.0),
-    ("sgd", "sgd_dialogues.txt", "dialogue", 0.4),
-    ("tinystories-sample", "tinystories_val_head.txt", "prose", 1.0),
-    ("gutenberg", "*.txt", "prose", 0.4),
-]
-VAL_EVERY = 25  # every 25th conversation of each dialogue source is held out for validation
-
-
-def read_blocks(path: Path) -> list[str]:
-    """Blank-line separated blocks (conversations, or paragraphs of prose)."""
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-    return [b.strip() for b in text.split("\n\n") if b.strip()]
-
-
-def render_dialogue(block: str, template) -> str | None:
-    """A corpus conversation ('User: ...' / 'Assistant: ...' lines) in the project's template."""
-    turns: list[tuple[str, str]] = []
-    for line in block.split("\n"):
-        if line.startswith("User:"):
-            turns.append(("user", line[5:].strip()))
-        elif line.startswith("Assistant:"):
-            turns.append(("assistant", line[10:].strip()))
-        elif turns:  # a continuation line belongs to the turn before it
-            turns[-1] = (turns[-1][0], turns[-1][1] + "\n" + line)
-    if not any(role == "assistant" for role, _ in turns):
-        return None
-    parts = [template.render_system(template.system)]
-    for role, msg in turns:
-        parts.append(template.render_user(msg) if role == "user" else template.render_reply(msg))
-    return "".join(parts)
-
 
 def build_data(corpus: Path, seed: int) -> tuple[list[str], list[str]]:
-    """(train documents, validation dialogues), the same on every run."""
+    """(train documents, validation documents), the same on every run."""
     train, val = build_split(corpus, seed)
-    return train, [doc for _, doc in val]
+    return [doc for _, doc in train], [doc for _, doc in val]
 
 
-def build_split(corpus: Path, seed: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """(train documents, (source, validation dialogue) pairs)."""
-    template = load_template("default")
-    rng = random.Random(seed)
-    train: list[str] = []
-    val: list[tuple[str, str]] = []
-    for folder, pattern, kind, keep in SOURCES:
-        for path in sorted((corpus / folder).glob(pattern)):
-            blocks = read_blocks(path)
-            if kind == "prose":  # join paragraphs into chunks of about 2,000 characters
-                chunks, cur = [], ""
-                for b in blocks:
-                    cur = f"{cur}\n\n{b}" if cur else b
-                    if len(cur) > 2000:
-                        chunks.append(cur)
-                        cur = ""
-                blocks = chunks + ([cur] if cur else [])
-            for i, block in enumerate(blocks):
-                doc = render_dialogue(block, template) if kind == "dialogue" else block
-                if doc is None:
-                    continue
-                if kind == "dialogue" and i % VAL_EVERY == 0:
-                    val.append((folder, doc))
-                elif rng.random() < keep:
-                    train.append(doc)
-    rng.shuffle(train)
-    seen = set(train)  # the corpus repeats a few conversations verbatim: keep those out of validation
-    return train, [(source, doc) for source, doc in val if doc not in seen]
+def build_split(corpus: Path, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """((source, train document) pairs, (source, validation document) pairs)."""
+    data = build_data_module.build(corpus, seed)
+    return data.train, data.val
 
 
 def to_stream(docs: list[str], tok: Tokenizer) -> torch.Tensor:
@@ -128,6 +71,20 @@ def evaluate(model: GPT, data: torch.Tensor, block: int, max_windows: int = 200)
     return losses / max(count, 1)
 
 
+def from_model(path: Path, block: int) -> GPT:
+    """A model initialised from the one in `path` (every tensor copied); when `block` is longer than
+    its window, the learned position table is repeated to fill the new positions."""
+    old = load_model(path, dtype="float32", fast=False).model
+    config = GPTConfig(n_positions=block, n_embd=old.config.n_embd, n_layer=old.config.n_layer,
+                       n_head=old.config.n_head, vocab_size=old.config.vocab_size)
+    model = GPT(config)
+    state = old.state_dict()
+    wpe = state["transformer.wpe.weight"]
+    state["transformer.wpe.weight"] = wpe.repeat(-(-block // len(wpe)), 1)[:block].clone()
+    model.load_state_dict(state)
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
@@ -141,6 +98,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="planned steps (the learning-rate schedule)")
     ap.add_argument("--minutes", type=float, default=0, help="stop after this much time (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-windows", type=int, default=200,
+                    help="validation windows measured during training (with --eval-only: of each source)")
+    ap.add_argument("--warmup", type=int, default=200, help="warm-up steps (at most a tenth of --steps)")
+    ap.add_argument("--init", type=Path, help="start from this model directory instead of random weights")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (faster)")
@@ -156,38 +117,56 @@ def main() -> None:
 
     tok = Tokenizer()
     t0 = time.time()
-    train_docs, val_docs = build_data(args.corpus, args.seed)
+    train_pairs, val_pairs = build_split(args.corpus, args.seed)
     if args.tiny:
-        train_docs, val_docs = train_docs[:200], val_docs[:20]
-    train, val = to_stream(train_docs, tok), to_stream(val_docs, tok)
-    print(f"data: {len(train_docs)} train docs, {len(train):,} tokens; {len(val_docs)} val dialogues, "
-          f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
-
-    if args.eval_only:
+        train_pairs, val_pairs = train_pairs[:200], val_pairs[:20]
+    val_docs = [d for _, d in val_pairs]
+    val = to_stream(val_docs, tok)
+    if args.eval_only:  # each source on its own stream; the overall figure weighs them by their tokens
         model = load_model(args.out, dtype="float32", fast=False).model
-        full = evaluate(model, val, model.config.n_positions, max_windows=10_000)
-        print(f"val_loss {full:.4f} nats/token over the whole validation split ({len(val):,} tokens)")
         by_source = {}
-        pairs = build_split(args.corpus, args.seed)[1]
-        for source in dict.fromkeys(s for s, _ in pairs):
-            docs = [d for s, d in pairs if s == source]
+        for source in dict.fromkeys(s for s, _ in val_pairs):
+            docs = [d for s, d in val_pairs if s == source]
             stream = to_stream(docs, tok)
-            by_source[source] = {"val_loss": round(evaluate(model, stream, model.config.n_positions, 10_000), 4),
-                                 "tokens": len(stream), "dialogues": len(docs)}
-            print(f"  {source}: {by_source[source]}")
+            window = model.config.n_positions
+            used = min(args.eval_windows, (len(stream) - 1) // window) * window
+            by_source[source] = {"val_loss": round(evaluate(model, stream, window, args.eval_windows), 4),
+                                 "tokens": len(stream), "tokens_scored": used, "documents": len(docs)}
+            print(f"  {source}: {by_source[source]}", flush=True)
+        total = sum(v["tokens_scored"] for v in by_source.values())
+        full = sum(v["val_loss"] * v["tokens_scored"] for v in by_source.values()) / total
+        print(f"val_loss {full:.4f} nats/token over {total:,} tokens of the validation split "
+              f"(at most {args.eval_windows} windows of each source)")
         meta = json.loads((args.out / "training.json").read_text())
-        meta |= {"val_loss_full_split": round(full, 4), "val_tokens": len(val), "val_by_source": by_source}
+        meta |= {"val_loss_split": round(full, 4), "val_tokens_scored": total, "val_by_source": by_source}
         (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
         return
 
-    config = GPTConfig(n_positions=args.block, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head)
-    model = init_weights(GPT(config), args.seed)
+    mix: dict[str, int] = {}
+    train_ids: list[int] = []
+    for source, doc in train_pairs:
+        ids = tok.encode(doc)
+        train_ids += ids + [EOT]
+        mix[source] = mix.get(source, 0) + len(ids) + 1
+    train = torch.tensor(train_ids, dtype=torch.int32)
+    mix = dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+    print(f"data: {len(train_pairs)} train docs, {len(train):,} tokens; {len(val_docs)} val documents, "
+          f"{len(val):,} tokens ({time.time() - t0:.0f}s)", flush=True)
+    for source, n in mix.items():
+        print(f"  mix {source}: {n:,} tokens ({100 * n / len(train):.1f}%)", flush=True)
+
+    if args.init:
+        model = from_model(args.init, args.block)
+        args.n_embd, args.n_layer, args.n_head = model.config.n_embd, model.config.n_layer, model.config.n_head
+    else:
+        config = GPTConfig(n_positions=args.block, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head)
+        model = init_weights(GPT(config), args.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=False)
     gen = torch.Generator().manual_seed(args.seed)
-    warmup = max(1, min(200, args.steps // 10))
+    warmup = max(1, min(args.warmup, args.steps // 10))
 
     def progress(step: int) -> float:
         """How far through the run: by steps, or by the time budget when that comes first."""
@@ -202,7 +181,8 @@ def main() -> None:
     def save(step: int, val_loss: float) -> None:
         meta = {"step": step, "tokens_seen": step * args.batch * args.block, "val_loss": round(val_loss, 4),
                 "minutes": round((time.time() - start) / 60, 1), "settings": vars(args) | {
-                    "corpus": "../shared/corpus", "out": str(args.out)}}
+                    "corpus": "../shared/corpus", "out": str(args.out), "init": args.init and str(args.init)},
+                "train_tokens": len(train), "mix_tokens": mix, "val_documents": len(val_docs)}
         save_model(model, args.out, dtype=torch.float16)
         (args.out / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
@@ -234,12 +214,12 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} {rate:.0f} tok/s", flush=True)
             tokens, last = 0, time.time()
         if step % args.eval_every == 0:
-            val_loss = evaluate(model, val, args.block)
+            val_loss = evaluate(model, val, args.block, args.eval_windows)
             print(f"step {step} val_loss {val_loss:.4f} ({(time.time() - start) / 60:.1f} min)", flush=True)
             if val_loss < best:  # keep the best checkpoint, should later steps overfit
                 best = val_loss
                 save(step, val_loss)
-    val_loss = evaluate(model, val, args.block)
+    val_loss = evaluate(model, val, args.block, args.eval_windows)
     if val_loss < best:
         save(step, val_loss)
     else:

@@ -18,6 +18,7 @@ def test_bundled_model_fits_the_budget_and_is_gpt2_shaped():
     loaded = load_model(WEIGHTS, dtype="float16")  # as stored
     assert loaded.config.vocab_size == 50257 and loaded.model.tied
     assert loaded.dtype == torch.float16
+    assert loaded.config.n_positions == 512  # chats fill 256 tokens after three or four exchanges
 
 
 def test_transformers_loads_it_and_agrees():
@@ -39,3 +40,13 @@ def test_it_is_the_default_for_complete_and_chat(monkeypatch):
     assert r.exit_code == 0, r.stderr
     reply = r.stdout.strip()
     assert reply and "User:" not in reply  # a reply that stops at the next turn
+
+
+def test_asked_who_it_is_it_says_it_is_an_ai_without_placeholders(monkeypatch):
+    import re
+
+    monkeypatch.delenv("CHATGPT_CLI_MODEL", raising=False)
+    r = CliRunner().invoke(app, ["chat", "-t", "0", "-n", "40"], input="Who are you?\n")
+    assert r.exit_code == 0, r.stderr
+    assert re.search(r"\b(AI|assistant|language model)\b", r.stdout), r.stdout
+    assert not re.search(r"[\[(<](user|name)", r.stdout, re.IGNORECASE), r.stdout

@@ -26,14 +26,20 @@ def test_train_script_runs_a_few_steps_and_exports(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "corpus").is_dir(), reason="needs ../shared/corpus")
-def test_training_data_is_deterministic_and_in_the_chat_template():
+def test_training_data_is_in_the_chat_template_balanced_and_free_of_placeholders():
+    # determinism is checked on a small corpus in test_build_data.py; the whole corpus is built once here
     sys.path.insert(0, str(ROOT / "scripts"))
+    import build_data
     import train_default
 
-    a_train, a_val = train_default.build_data(SHARED / "corpus", 1337)
-    b_train, b_val = train_default.build_data(SHARED / "corpus", 1337)
-    assert a_train == b_train and a_val == b_val
-    assert not set(a_val) & set(a_train)  # the validation split is kept apart
-    dialogue = next(d for d in a_val if "User:" in d)
+    train, val = train_default.build_split(SHARED / "corpus", 1337)
+    assert not {d for _, d in val} & {d for _, d in train}  # the validation split is kept apart
+    dialogue = next(d for s, d in val if s == "sgd")
     assert dialogue.startswith("What follows is an interaction between a user and a helpful AI assistant:\nUser: ")
     assert "\nAI Assistant: " in dialogue
+    assert not [d for _, d in train + val if build_data.placeholders(d)]
+    size: dict[str, int] = {}
+    for source, doc in train:
+        size[source] = size.get(source, 0) + len(doc)
+    assert max(size.values()) < 0.25 * sum(size.values())  # no source dominates
+    assert size["identity"] > 0.08 * sum(size.values())
