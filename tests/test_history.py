@@ -192,10 +192,9 @@ def test_resuming_shows_the_model_exactly_the_tokens_of_an_uninterrupted_chat(lo
     long = "What is your favourite colour, and why, and since when, and does it ever change, and would you paint it?"
     script = f"Hi\nHow are you?\n{long}\n/undo\n/set temperature 0.3\n"
     # a small window: the long message pushes the first exchange out of what the model sees, and after
-    # /undo it stays out; a resumed chat must leave out the same exchanges, not refit from the start
+    # /undo it comes back; a resumed chat must show the model the same tokens at every step
     straight = Chat(ScriptedEngine(replies, window=74), load_template("default"), settings)
     piped(straight, script + "Ok\nAgain\n")
-    assert straight.first_in_window == 1
 
     before = logged_chat(logs_db, replies[:3], settings=settings, window=74)
     piped(before, script)

@@ -32,7 +32,19 @@ CHAT = ("User: Hi! Can you help me book a table for two tonight?\n"
         "User: Around seven, somewhere Italian.\n"
         "AI Assistant: I found a table at Luigi's at 7 pm. Shall I book it?\n"
         "User: Yes please, and could you send me the address?\n"
-        "AI Assistant: Done. The address is in your messages. Enjoy your dinner!\n")
+        "AI Assistant: Done. The address is in your messages. Enjoy your dinner!\n"
+        "User: Thanks! Who are you, by the way?\n"
+        "AI Assistant: I'm an AI assistant, a small language model running on your computer.\n"
+        "User: What will the weather be like tomorrow in London?\n"
+        "AI Assistant: It should be cloudy with some rain in the afternoon, around 14 degrees.\n"
+        "User: Can you tell me a short story about a cat?\n"
+        "AI Assistant: Once upon a time, a little cat named Tom found a ball of red wool under the bed. "
+        "He played with it all day, and when the sun went down he fell asleep on it.\n"
+        "User: That's lovely. What movies are playing this weekend?\n"
+        "AI Assistant: I can't look that up, I'm afraid: I have no access to the internet. "
+        "Is there anything else I can help you with?\n"
+        "User: No, that's all. Have a nice day!\n"
+        "AI Assistant: You too! Goodbye.\n")
 
 
 def test_codes_are_rounded_rows_with_one_scale_each():
