@@ -175,8 +175,9 @@ def test_piped_chat_through_the_cli_matches_a_greedy_reference(chat_model_dir):
     prompt = "What follows is an interaction between a user and a helpful AI assistant:\nUser: Hello\nAI Assistant:"
     ids = TOK.encode(prompt)
     with torch.no_grad():
+        # the default template's [sampling] sets repeat_penalty 1.2 (its window, 64 tokens, holds all of these)
         gen = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=EOT,
-                          eos_token_id=EOT)[0, len(ids):].tolist()
+                          eos_token_id=EOT, repetition_penalty=1.2)[0, len(ids):].tolist()
     if EOT in gen:
         gen = gen[:gen.index(EOT)]
     expected = TOK.decode(gen).split("\nUser:")[0].strip()

@@ -168,9 +168,11 @@ def test_chat_set_and_template_defaults(tmp_path):
     from chatgpt_cli.template import load_template
 
     toml = tmp_path / "t.toml"
-    toml.write_text((shipped("prompts") / "default.toml").read_text() + "\n[sampling]\nrepeat_penalty = 1.2\n")
+    assert dict(load_template("default").sampling) == {"repeat_penalty": 1.2}  # the measured chat default
+    assert dict(load_template("qa").sampling) == {}
+    toml.write_text((shipped("prompts") / "qa.toml").read_text() + "\n[sampling]\nrepeat_penalty = 1.3\n")
     tmpl = load_template(str(toml))
-    assert dict(tmpl.sampling) == {"repeat_penalty": 1.2}
+    assert dict(tmpl.sampling) == {"repeat_penalty": 1.3}
     chat = Chat(NoEngine(), tmpl)
     err = io.StringIO()
     run_piped(chat, io.StringIO("/set repeat_penalty 1.4\n/set no_repeat_ngram 3\n/set logit_bias 13=-2\n"
@@ -179,6 +181,6 @@ def test_chat_set_and_template_defaults(tmp_path):
     assert (s.repeat_penalty, s.no_repeat_ngram, s.logit_bias) == (1.4, 3, ((13, -2.0),))
     assert "error: min-p must be in [0, 1] (0 = off), not 2.0" in err.getvalue()
     assert "repeat_penalty 1.4, repeat_last_n 64" in err.getvalue() and "logit_bias [(13, -2.0)]" in err.getvalue()
-    toml.write_text((shipped("prompts") / "default.toml").read_text() + "\n[sampling]\nrepeat_penalty = \"x\"\n")
+    toml.write_text((shipped("prompts") / "qa.toml").read_text() + "\n[sampling]\nrepeat_penalty = \"x\"\n")
     with pytest.raises(UsageError, match=r"\[sampling\] takes numbers"):
         load_template(str(toml))
