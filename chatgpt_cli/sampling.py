@@ -181,13 +181,19 @@ def clean_logits(logits: torch.Tensor) -> torch.Tensor:
     NaN and padded ids (past ``N_VOCAB``) become -inf; the largest logit is shifted to 0 (so no
     division overflows); +inf logits share the top; a row with nothing finite becomes uniform.
     """
-    x = logits.detach().cpu().double()
-    valid = torch.arange(x.shape[-1]) < N_VOCAB
-    x = torch.where(torch.isnan(x) | ~valid, float("-inf"), x)
+    x = logits.detach().to("cpu", torch.float64).nan_to_num(nan=float("-inf"), posinf=float("inf"))
+    padded = x.shape[-1] > N_VOCAB
+    if padded:
+        x = x.clone() if x.data_ptr() == logits.data_ptr() else x  # never write into the caller's tensor
+        x[..., N_VOCAB:] = float("-inf")
     top = x.amax(-1, keepdim=True)
+    if torch.isfinite(top).all():  # the usual case, one pass
+        return x - top
     x = torch.where(top == float("inf"), torch.where(x == float("inf"), 0.0, float("-inf")), x - top)
     x = torch.where(torch.isnan(x), 0.0, x)  # only where top was -inf: nothing finite, uniform
-    return torch.where(valid, x, float("-inf"))
+    if padded:
+        x[..., N_VOCAB:] = float("-inf")
+    return x
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -230,7 +236,12 @@ def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
     logits = clean_logits(logits)
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
+    logits = apply_temperature(logits, temperature)
+    if 0 < top_k < logits.shape[-1]:  # the same filters on the k survivors alone: no sort of the vocabulary
+        kept, ids = torch.topk(logits, top_k, dim=-1)
+        probs = torch.softmax(min_p_filter(top_p_filter(kept, top_p), min_p), dim=-1)
+        return torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs.float())
+    logits = top_p_filter(logits, top_p)
     return torch.softmax(min_p_filter(logits, min_p), dim=-1).float()
 
 
