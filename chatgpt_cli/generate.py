@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
-from chatgpt_cli.model import GPT, KVCache
+from chatgpt_cli.model import GPT
 from chatgpt_cli.sampling import SamplingOptions, adjust, draw, draw_rows, make_generator
 from chatgpt_cli.tokenizer import EOT, Tokenizer
 
@@ -228,7 +228,7 @@ class Engine:
         """Caches of n rows, each starting as a copy of this engine's first ``length`` positions."""
         c, w = self.model.config, self.model.transformer.wte.weight
         for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
-            wide = KVCache(n, c.n_head, self.window, c.head_dim, w.dtype, w.device)
+            wide = self.model.cache_class(n, c.n_head, self.window, c.head_dim, cache.k_cache.dtype, w.device)
             wide.k_cache[:, :, :length] = cache.k_cache[:, :, :length]
             wide.v_cache[:, :, :length] = cache.v_cache[:, :, :length]
             block.attn.kv_cache = wide
@@ -237,5 +237,4 @@ class Engine:
         """Drop the rows that have ended from the batch caches."""
         index = torch.tensor(keep, device=self.model.transformer.wte.weight.device)
         for block in self.model.transformer.h:
-            cache = block.attn.kv_cache
-            cache.k_cache, cache.v_cache = cache.k_cache[index], cache.v_cache[index]
+            block.attn.kv_cache.narrow(index)

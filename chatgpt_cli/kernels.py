@@ -1,9 +1,11 @@
-"""CPU kernels for generating one token: matrix-vector products and attention, compiled by numba.
+"""CPU kernels for generating tokens: a few rows times a matrix, and attention, compiled by numba.
 
-Decoding multiplies a single vector by every weight matrix, so its speed is how fast the weights
-stream from memory. Each product here is the plain dot product of the input with one row of the
-weight, a row per output, the rows split over the threads (``prange``); numba's LLVM vectorizes the
-inner loop (``fastmath`` lets it reorder the sum). The weights come in four forms:
+Decoding multiplies one vector (or the few rows of ``-N`` samples) by every weight matrix, so its
+speed is how fast the weights stream from memory. Each product here is the plain dot product of an
+input row with one row of the weight, a weight row per output, the weight rows split over the
+threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
+sum). With several input rows, each weight row is read from memory once and multiplied by every
+input row while it is in the cache, so eight rows cost little more than one. The weights come in four forms:
 
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
@@ -34,6 +36,7 @@ from numba import extending, njit, prange, types  # noqa: E402
 numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
 
 GROUP = 32  # int4 weights per group (one scale and offset each)
+CHUNK = 32  # weight rows a thread takes at a time (one float32 row buffer each)
 GELU_C = math.sqrt(2.0 / math.pi)
 jit = njit(parallel=True, fastmath=True, cache=True)
 
@@ -134,50 +137,155 @@ def matvec_int4(x, packed, scale, offset, bias, out, gelu):
         out[n] = finish(acc + bias[n], gelu)
 
 
+# --- a few rows at once (-N samples decoded together) ---------------------------------------------
+# Each weight row is widened to float32 once, into a small buffer that stays in the cache, then
+# multiplied by the rows of x four at a time (four sums side by side keep the multipliers busy).
+
+@njit(inline="always", cache=True)
+def widen_bf16(w, n, row):
+    for k in range(row.shape[0]):
+        row[k] = bf16(w[n, k])
+
+
+@njit(inline="always", cache=True)
+def widen_int8(q, n, row):
+    for k in range(row.shape[0]):
+        row[k] = np.float32(q[n, k])
+
+
+@njit(inline="always", cache=True)
+def widen_int4(packed, scale, offset, n, row):
+    """Weights q * scale + offset of row n; in each group, byte j holds weights j and j + 16."""
+    half = GROUP // 2
+    for g in range(row.shape[0] // GROUP):
+        s, o = scale[n, g], offset[n, g]
+        for j in range(half):
+            byte = np.float32(packed[n, g * half + j])
+            high = np.floor(byte * np.float32(1 / 16))
+            row[g * GROUP + j] = (byte - np.float32(16) * high) * s + o
+            row[g * GROUP + half + j] = high * s + o
+
+
+@njit(inline="always", cache=True)
+def dots4(x4, row, acc):
+    """acc[m] = x4[m] . row for m = 0..len(x4)-1, the rows of x taken four at a time (x4 is padded
+    to a multiple of four rows)."""
+    for m in range(0, x4.shape[0], 4):
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for k in range(row.shape[0]):
+            w = row[k]
+            a0 += x4[m, k] * w
+            a1 += x4[m + 1, k] * w
+            a2 += x4[m + 2, k] * w
+            a3 += x4[m + 3, k] * w
+        acc[m], acc[m + 1], acc[m + 2], acc[m + 3] = a0, a1, a2, a3
+
+
+@njit(inline="always", cache=True)
+def padded4(x):
+    """x (M, K) with zero rows added up to a multiple of four."""
+    x4 = np.zeros(((x.shape[0] + 3) // 4 * 4, x.shape[1]), np.float32)
+    x4[:x.shape[0]] = x
+    return x4
+
+
+@jit
+def matmul_f32(x, w, bias, out, gelu):
+    """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) a few rows, w (N, K) float32."""
+    x4 = padded4(x)
+    for c in prange((w.shape[0] + CHUNK - 1) // CHUNK):
+        acc = np.empty(x4.shape[0], np.float32)
+        for n in range(c * CHUNK, min((c + 1) * CHUNK, w.shape[0])):
+            dots4(x4, w[n], acc)
+            for m in range(x.shape[0]):
+                out[m, n] = finish(acc[m] + bias[n], gelu)
+
+
+@jit
+def matmul_bf16(x, w, bias, out, gelu):
+    """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) float32, w (N, K) bfloat16 bits."""
+    x4 = padded4(x)
+    for c in prange((w.shape[0] + CHUNK - 1) // CHUNK):
+        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
+        for n in range(c * CHUNK, min((c + 1) * CHUNK, w.shape[0])):
+            widen_bf16(w, n, row)
+            dots4(x4, row, acc)
+            for m in range(x.shape[0]):
+                out[m, n] = finish(acc[m] + bias[n], gelu)
+
+
+@jit
+def matmul_int8(x, q, scale, bias, out, gelu):
+    """out[m, n] = (x[m] . q[n]) * scale[n] + bias[n]: q (N, K) int8."""
+    x4 = padded4(x)
+    for c in prange((q.shape[0] + CHUNK - 1) // CHUNK):
+        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
+        for n in range(c * CHUNK, min((c + 1) * CHUNK, q.shape[0])):
+            widen_int8(q, n, row)
+            dots4(x4, row, acc)
+            for m in range(x.shape[0]):
+                out[m, n] = finish(acc[m] * scale[n] + bias[n], gelu)
+
+
+@jit
+def matmul_int4(x, packed, scale, offset, bias, out, gelu):
+    """out[m, n] = x[m] . w[n] + bias[n], w[n] rebuilt from its int4 groups (``widen_int4``)."""
+    x4 = padded4(x)
+    for c in prange((packed.shape[0] + CHUNK - 1) // CHUNK):
+        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
+        for n in range(c * CHUNK, min((c + 1) * CHUNK, packed.shape[0])):
+            widen_int4(packed, scale, offset, n, row)
+            dots4(x4, row, acc)
+            for m in range(x.shape[0]):
+                out[m, n] = finish(acc[m] + bias[n], gelu)
+
+
 @jit
 def attend_f32(q, k_new, v_new, k_cache, v_cache, pos, out):
     """One new token's attention; its key and value are first written at ``pos`` in the cache.
 
-    q, k_new, v_new, out (nh, hs); k_cache, v_cache (nh, max_len, hs) float32. Per head:
-    out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
+    q, k_new, v_new, out (B, nh, hs); k_cache, v_cache (B, nh, max_len, hs) float32. Per row and
+    head: out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
     """
-    n_head, hs = q.shape
-    for h in prange(n_head):
-        k_cache[h, pos] = k_new[h]
-        v_cache[h, pos] = v_new[h]
+    rows, n_head, hs = q.shape
+    for bh in prange(rows * n_head):
+        b, h = bh // n_head, bh % n_head
+        k_cache[b, h, pos] = k_new[b, h]
+        v_cache[b, h, pos] = v_new[b, h]
         scores = np.empty(pos + 1, dtype=np.float32)
         for t in range(pos + 1):
             acc = np.float32(0.0)
             for d in range(hs):
-                acc += q[h, d] * k_cache[h, t, d]
+                acc += q[b, h, d] * k_cache[b, h, t, d]
             scores[t] = acc / np.float32(math.sqrt(hs))
         weights = np.exp(scores - scores.max())  # a stable softmax
         weights /= weights.sum()
         acc_v = np.zeros(hs, dtype=np.float32)
         for t in range(pos + 1):
             for d in range(hs):
-                acc_v[d] += weights[t] * v_cache[h, t, d]
-        out[h] = acc_v
+                acc_v[d] += weights[t] * v_cache[b, h, t, d]
+        out[b, h] = acc_v
 
 
 @jit
 def attend_bf16(q, k_new, v_new, k_cache, v_cache, pos, out):
     """``attend_f32`` with a bfloat16 cache (its bits, uint16): half the bytes to read per token."""
-    n_head, hs = q.shape
-    for h in prange(n_head):
+    rows, n_head, hs = q.shape
+    for bh in prange(rows * n_head):
+        b, h = bh // n_head, bh % n_head
         for d in range(hs):
-            k_cache[h, pos, d] = to_bf16(k_new[h, d])
-            v_cache[h, pos, d] = to_bf16(v_new[h, d])
+            k_cache[b, h, pos, d] = to_bf16(k_new[b, h, d])
+            v_cache[b, h, pos, d] = to_bf16(v_new[b, h, d])
         scores = np.empty(pos + 1, dtype=np.float32)
         for t in range(pos + 1):
             acc = np.float32(0.0)
             for d in range(hs):
-                acc += q[h, d] * bf16(k_cache[h, t, d])
+                acc += q[b, h, d] * bf16(k_cache[b, h, t, d])
             scores[t] = acc / np.float32(math.sqrt(hs))
         weights = np.exp(scores - scores.max())
         weights /= weights.sum()
         acc_v = np.zeros(hs, dtype=np.float32)
         for t in range(pos + 1):
             for d in range(hs):
-                acc_v[d] += weights[t] * bf16(v_cache[h, t, d])
-        out[h] = acc_v
+                acc_v[d] += weights[t] * bf16(v_cache[b, h, t, d])
+        out[b, h] = acc_v

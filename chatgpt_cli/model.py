@@ -105,6 +105,10 @@ class KVCache(nn.Module):
             q, input_pos = q[:, :, -1:], input_pos[-1:]
         return attention(q, k.to(q.dtype), v.to(q.dtype), input_pos, self.static)
 
+    def narrow(self, keep: torch.Tensor) -> None:
+        """Keep only the batch rows ``keep`` (the samples still being generated)."""
+        self.k_cache, self.v_cache = self.k_cache[keep], self.v_cache[keep]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:

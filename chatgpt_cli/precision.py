@@ -29,6 +29,7 @@ from chatgpt_cli.model import GPT, KVCache
 
 ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
 GROUP = 32  # int4 weights per group (kernels.GROUP)
+KERNEL_ROWS = 16  # inputs of up to this many rows take the kernels (each weight read once for all rows)
 
 
 @functools.cache
@@ -48,8 +49,12 @@ def use_torch_threads() -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16, AMX, Arm's BF16)."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and cpu_bf16()
+
+
+@functools.cache
+def cpu_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def bits(t: torch.Tensor):
@@ -99,8 +104,10 @@ def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, offset: torch.T
 class Linear(nn.Module):
     """y = x W^T + b, then GPT-2's tanh GELU if ``gelu``, with W (out, in) stored in some form.
 
-    One row of x on the CPU runs the form's matrix-vector kernel (``kernel`` over ``arrays``);
-    more rows, or another device, multiply by ``dense()``, the weight widened for torch.
+    On the CPU, one row of x (a decode step) runs the form's matrix-vector kernel
+    (``matvec_<kernel_name>`` over ``arrays``) and up to ``KERNEL_ROWS`` rows (a step of ``-N``
+    samples) ``few_rows``, by default its few-rows kernel, which reads each weight once for all
+    rows; more rows (a prompt), or another device, multiply by ``dense()``, the weight widened for torch.
     """
 
     kernel_name = ""
@@ -115,12 +122,22 @@ class Linear(nn.Module):
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
+        out = torch.empty(len(x), self.out_features)
+        kernel = getattr(load_kernels(), "matmul_" + self.kernel_name)
+        kernel(x.contiguous().numpy(), *self.arrays, self.bias.numpy(), out.numpy(), self.gelu)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if len(x2) == 1 and x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name:
-            out = torch.empty(self.out_features)
-            kernel = getattr(load_kernels(), self.kernel_name)
-            kernel(x2[0].contiguous().numpy(), *self.arrays, self.bias.numpy(), out.numpy(), self.gelu)
+        kernels = x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name
+        if kernels and len(x2) == 1:  # one token: a matrix-vector product
+            out = torch.empty(1, self.out_features)
+            kernel = getattr(load_kernels(), "matvec_" + self.kernel_name)
+            kernel(x2[0].contiguous().numpy(), *self.arrays, self.bias.numpy(), out[0].numpy(), self.gelu)
+        elif kernels and len(x2) <= KERNEL_ROWS:
+            out = self.few_rows(x2)
         else:
             w = self.dense(torch.bfloat16 if x2.device.type == "cpu" else x2.dtype)
             out = F.linear(x2.to(w.dtype), w).to(x2.dtype) + self.bias.to(x2.dtype)
@@ -129,7 +146,7 @@ class Linear(nn.Module):
 
 
 class Float32Linear(Linear):
-    kernel_name = "matvec_f32"
+    kernel_name = "f32"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
@@ -141,21 +158,34 @@ class Float32Linear(Linear):
 
 
 class BFloat16Linear(Linear):
-    kernel_name = "matvec_bf16"
+    kernel_name = "bf16"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
         self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
         self.arrays = (bits(self.weight),)
+        self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, made on first use
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         return self.weight
+
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """On a CPU with native bfloat16, oneDNN's bfloat16 product (its dot-product instructions do
+        twice the work of float32 ones) on a blocked copy of the weight, made the first time ``-N``
+        runs (it costs the weight's size again in memory, so only then); elsewhere the kernel."""
+        if not native_bf16(x.device):
+            return super().few_rows(x)
+        if self.packed is None:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+        out = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None, "none", [], "")
+        out = out.float() + self.bias
+        return F.gelu(out, approximate="tanh") if self.gelu else out
 
 
 class Int8Linear(Linear):
     """w[n] ~ q[n] * s[n]: int8 codes q (out, in), a float32 scale s per row."""
 
-    kernel_name = "matvec_int8"
+    kernel_name = "int8"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
@@ -171,7 +201,7 @@ class Int8Linear(Linear):
 class Int4Linear(Linear):
     """w ~ q * s + m in groups of 32 along the input (see quantize_groups)."""
 
-    kernel_name = "matvec_int4"
+    kernel_name = "int4"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
@@ -192,17 +222,21 @@ class FusedKVCache(KVCache):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.kernel_name = "attend_f32" if self.k_cache.dtype == torch.float32 else "attend_bf16"
-        self.arrays = (bits(self.k_cache[0]), bits(self.v_cache[0]))
+        self.arrays = (bits(self.k_cache), bits(self.v_cache))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                last_only: bool = False) -> torch.Tensor:
-        if q.shape[0] != 1 or q.shape[2] != 1 or q.dtype != torch.float32:
+        if q.shape[2] != 1 or q.dtype != torch.float32:
             return super().attend(q, k, v, input_pos, last_only)
-        out = torch.empty(q.shape[1], q.shape[3])  # (nh, hs)
-        getattr(load_kernels(), self.kernel_name)(q[0, :, 0].contiguous().numpy(), k[0, :, 0].contiguous().numpy(),
-                                             v[0, :, 0].contiguous().numpy(), *self.arrays,
+        out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
+        getattr(load_kernels(), self.kernel_name)(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(),
+                                             v[:, :, 0].contiguous().numpy(), *self.arrays,
                                              int(input_pos[0]), out.numpy())
-        return out.view(q.shape)  # (1, nh, 1, hs)
+        return out.view(q.shape)  # (B, nh, 1, hs)
+
+    def narrow(self, keep: torch.Tensor) -> None:
+        super().narrow(keep)
+        self.arrays = (bits(self.k_cache), bits(self.v_cache))
 
 
 @dataclass(frozen=True)

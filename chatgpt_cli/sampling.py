@@ -181,14 +181,19 @@ def clean_logits(logits: torch.Tensor) -> torch.Tensor:
     NaN and padded ids (past ``N_VOCAB``) become -inf; the largest logit is shifted to 0 (so no
     division overflows); +inf logits share the top; a row with nothing finite becomes uniform.
     """
-    x = logits.detach().to("cpu", torch.float64).nan_to_num(nan=float("-inf"), posinf=float("inf"))
+    x = logits.detach().to("cpu")
+    top = x[..., :N_VOCAB].amax(-1, keepdim=True)  # NaN if any is NaN
+    if torch.isfinite(top).all():  # the usual case (no NaN, no +inf): one pass
+        out = x.to(torch.float64) - top.to(torch.float64)  # a new tensor: the caller's is never written
+        if out.shape[-1] > N_VOCAB:
+            out[..., N_VOCAB:] = float("-inf")
+        return out
+    x = x.to(torch.float64).nan_to_num(nan=float("-inf"), posinf=float("inf"))
     padded = x.shape[-1] > N_VOCAB
     if padded:
         x = x.clone() if x.data_ptr() == logits.data_ptr() else x  # never write into the caller's tensor
         x[..., N_VOCAB:] = float("-inf")
     top = x.amax(-1, keepdim=True)
-    if torch.isfinite(top).all():  # the usual case, one pass
-        return x - top
     x = torch.where(top == float("inf"), torch.where(x == float("inf"), 0.0, float("-inf")), x - top)
     x = torch.where(torch.isnan(x), 0.0, x)  # only where top was -inf: nothing finite, uniform
     if padded:
@@ -230,44 +235,72 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
+              min_p: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The tokens a draw can pick and their weights, in order: probabilities up to one factor per
+    row (float64, on the CPU; the most likely token weighs 1).
+
+    With top-k, the k survivors (ids (rows, k), most likely first, and their weights); otherwise
+    the whole vocabulary in id order (ids None). Temperature > 0 here.
+    """
+    if 0 < top_k < min(logits.shape[-1], N_VOCAB):
+        x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]  # padded ids are never drawn
+        if torch.isfinite(x.amax(-1)).all():  # no NaN, no +inf (the usual case): pick the k before cleaning
+            kept, ids = torch.topk(x, top_k, dim=-1)
+            kept = apply_temperature(clean_logits(kept), temperature)
+        else:
+            kept, ids = torch.topk(apply_temperature(clean_logits(logits), temperature), top_k, dim=-1)
+        return ids, torch.exp(min_p_filter(top_p_filter(kept, top_p), min_p))
+    logits = apply_temperature(clean_logits(logits), temperature)  # the largest is 0: exp never overflows
+    return None, torch.exp(min_p_filter(top_p_filter(logits, top_p), min_p))
+
+
 def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                   min_p: float = 0.0) -> torch.Tensor:
-    """The distribution the next token is drawn from (float32, on the CPU; computed in float64)."""
-    logits = clean_logits(logits)
+    """The distribution the next token is drawn from, over the whole vocabulary (float32, CPU)."""
     if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = apply_temperature(logits, temperature)
-    if 0 < top_k < logits.shape[-1]:  # the same filters on the k survivors alone: no sort of the vocabulary
-        kept, ids = torch.topk(logits, top_k, dim=-1)
-        probs = torch.softmax(min_p_filter(top_p_filter(kept, top_p), min_p), dim=-1)
-        return torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs.float())
-    logits = top_p_filter(logits, top_p)
-    return torch.softmax(min_p_filter(logits, min_p), dim=-1).float()
+        return torch.nn.functional.one_hot(clean_logits(logits).argmax(-1), logits.shape[-1]).float()
+    ids, weights = survivors(logits, temperature, top_k, top_p, min_p)
+    probs = (weights / weights.sum(-1, keepdim=True)).float()
+    return probs if ids is None else torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs)
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """For each row of weights (rows, S), the index i whose slice of the cumulative sum holds
+    u * total, for u (rows,) in [0, 1): one uniform number per draw. Weight 0 is never picked."""
+    cdf = weights.cumsum(-1)  # (rows, S)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=weights.shape[-1] - 1)
+    stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0  # only rounding at the very top does this
+    if stepped_off.any():
+        last = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)  # the last possible
+        idx = torch.where(stepped_off, last, idx)
+    return idx
+
+
+def draw_rows(logits: torch.Tensor, options: SamplingOptions,
+              generators: Sequence[torch.Generator | None]) -> list[int]:
+    """One token id per row of (rows, vocab) logits already through ``adjust``, row i drawn with
+    generators[i]: the distributions of all rows computed together, one uniform number per row."""
+    if options.temperature == 0:
+        return clean_logits(logits).argmax(-1).tolist()
+    ids, weights = survivors(logits, options.temperature, options.top_k, options.top_p, options.min_p)
+    u = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators])
+    picked = inverse_cdf(weights, u)  # (rows,)
+    if ids is not None:
+        picked = ids.gather(-1, picked[:, None])[:, 0]
+    return picked.tolist()
+
+
+def draw(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> int:
+    """One token id from a (vocab,) row of logits already through ``adjust`` (the same draw as row
+    0 of ``draw_rows``: ``-N`` sample 0 equals the single sample with the same seed)."""
+    return draw_rows(logits[None], options, [generator])[0]
 
 
 def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
            history: Sequence[int] = ()) -> int:
     """One token id from a (vocab,) row of logits, given the sequence so far."""
     return draw(adjust(logits, history, options), options, generator)
-
-
-def draw(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> int:
-    """One token id from a (vocab,) row of logits already through ``adjust``."""
-    if options.temperature == 0:
-        return int(clean_logits(logits).argmax(-1))
-    probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
-    if not (torch.isfinite(probs).all() and probs.sum() > 0):  # collapsed: fall back to greedy
-        return int(clean_logits(logits).argmax(-1))
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def draw_rows(logits: torch.Tensor, options: SamplingOptions, generators: Sequence[torch.Generator]) -> list[int]:
-    """One token id per row of (rows, vocab) adjusted logits, row i drawn with generators[i]; the
-    distribution of all rows computed at once."""
-    if options.temperature == 0:
-        return clean_logits(logits).argmax(-1).tolist()
-    probs = probabilities(logits, options.temperature, options.top_k, options.top_p, options.min_p)
-    return [int(torch.multinomial(row, 1, generator=g)) for row, g in zip(probs, generators, strict=True)]
 
 
 def make_generator(seed: int | None) -> torch.Generator:

@@ -43,8 +43,8 @@ SOURCES = [
     ("gutenberg", "gutenberg", "*.txt", "prose", 0.15),
 ]
 VAL_EVERY = 25  # about one conversation in 25 is held out
-IDENTITY_CHATS = 3500  # identity chats of their own (1-3 exchanges each)
-INSERT_SHARE = 0.15  # share of assistant conversations that get an identity exchange inserted
+IDENTITY_CHATS = 5000  # identity chats of their own (1-3 exchanges each)
+INSERT_SHARE = 0.25  # share of assistant conversations that get an identity exchange inserted
 NAMES = ["Anna", "Ben", "Carla", "David", "Elena", "Frank", "Grace", "Hugo", "Iris", "James", "Kate", "Leo",
          "Maya", "Nick", "Olivia", "Paul", "Rosa", "Sam", "Tara", "Victor", "Wendy", "Yusuf", "Zoe", "Omar",
          "Priya", "Marco", "Lena", "Tom", "Aisha", "Daniel", "Emma", "Jonas", "Lucy", "Mateo", "Nora", "Ravi"]

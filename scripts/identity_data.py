@@ -17,12 +17,14 @@ QUESTIONS: dict[str, list[str]] = {
     "who": ["Who are you?", "What are you?", "Who am I talking to?", "Who is this?", "Tell me about yourself.",
             "Introduce yourself.", "Can you introduce yourself?", "What kind of thing are you?",
             "So what exactly are you?", "Who or what are you?", "Describe yourself.", "Who are you, really?",
-            "Are you an AI?"],
+            "Are you an AI?", "Who am I speaking with?", "Please introduce yourself.", "What sort of being are you?",
+            "Hey, what are you exactly?"],
     "name": ["What's your name?", "What is your name?", "Do you have a name?", "What should I call you?",
              "May I know your name?", "What do people call you?", "Tell me your name.", "Got a name?"],
     "human": ["Are you a human?", "Are you a real person?", "Are you a robot?", "Am I talking to a person?",
               "Are you a bot?", "Are you human or a machine?", "Is there a person typing these answers?",
-              "Are you alive?", "Are you a person or a computer?"],
+              "Are you alive?", "Are you a person or a computer?",
+              "Are you a person or a program?", "Is this a real human?"],
     "home": ["Where do you live?", "Where are you from?", "Where are you right now?", "Where is your home?",
              "Which city do you live in?", "Where were you born?", "Do you live in a house?"],
     "body": ["What do you look like?", "How tall are you?", "How old are you?", "Are you a man or a woman?",
@@ -43,11 +45,12 @@ QUESTIONS: dict[str, list[str]] = {
              "Are you happy?", "Do you have feelings?", "Do you get lonely?"],
 }
 
-OPEN = ["", "", "", "Good question. ", "Sure. ", "Happy to explain. ", "Well, ", "Honestly, "]
+OPEN = ["", "", "", "", "Good question. ", "Sure. ", "Happy to explain. ", "Well, ", "Honestly, ", "Hi! ", "Hello! ",
+        "Hi there. "]
 WHAT = ["I'm an AI assistant", "I am an AI assistant", "I'm a small AI assistant", "I'm an AI language model",
         "I'm a computer program, an AI assistant", "I am a small language model that works as an AI assistant"]
 WHERE = ["running locally on your computer", "running right here on your own computer",
-         "that runs on your computer, not in the cloud", "running on this machine, offline"]
+         "that runs on your own computer", "running on this machine, offline"]
 NO_NAME = ["I don't have a name; you can just call me the assistant.", "I have no name of my own.",
            "I don't have a name. \"Assistant\" is fine.", "No name, I'm afraid: I'm simply an AI assistant."]
 NO_BODY = ["I don't have a body, so I don't eat, sleep or get tired.", "I have no body and no age the way people do.",

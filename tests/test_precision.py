@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from chatgpt_cli.generate import Engine, prefill
 from chatgpt_cli.precision import (
+    KERNEL_ROWS,
     BFloat16Linear,
     Float32Linear,
     FusedKVCache,
@@ -78,30 +79,43 @@ def test_int4_groups_round_to_half_a_step_and_pack_two_a_byte(monkeypatch):
 @pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear, Int4Linear])
 @pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32)])
 @pytest.mark.parametrize("gelu", [False, True])
-def test_each_kernel_equals_torchs_product(kind, shape, gelu):
-    """One row (the numba kernel) and many rows (torch) against the plain math on the same weights."""
+@pytest.mark.parametrize("onednn", [False, True])
+def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatch):
+    """One row (the matrix-vector kernel), a few rows (the few-rows kernel; for bfloat16 on a CPU
+    with native bfloat16, oneDNN's product) and many rows (torch) against the plain math."""
+    if onednn and not (kind is BFloat16Linear and native_bf16(torch.device("cpu"))):
+        pytest.skip("oneDNN's bfloat16 product runs for bfloat16 weights on a CPU that has it")
+    if not onednn:
+        monkeypatch.setattr("chatgpt_cli.precision.native_bf16", lambda device: False)
     torch.manual_seed(sum(shape))
     w, b = torch.randn(shape) * 0.1, torch.randn(shape[0])
     layer = kind(w, b, gelu)
     dense = layer.dense(torch.float32).float()
-    for rows in (1, 5):
+    for rows in (1, 2, 3, 5, 8, KERNEL_ROWS, KERNEL_ROWS + 1, 40):
         x = torch.randn(1, rows, shape[1])
         want = F.linear(x, dense, b)
         want = F.gelu(want, approximate="tanh") if gelu else want
         got = layer(x)
         assert got.shape == (1, rows, shape[0]) and got.dtype == torch.float32
-        tol = 1e-4 if rows == 1 or kind is Float32Linear else 2e-2  # many rows multiply in bfloat16
+        kernel = rows == 1 or (rows <= KERNEL_ROWS and not onednn)
+        tol = 1e-4 if kernel or kind is Float32Linear else 2e-2  # torch and oneDNN multiply in bfloat16
         torch.testing.assert_close(got, want, atol=tol * 10, rtol=tol)
+    assert (layer.packed is not None) == onednn if kind is BFloat16Linear else True  # made on first use
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
-def test_fused_attention_equals_torchs(cache_dtype):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_attention_equals_torchs(cache_dtype, batch):
     torch.manual_seed(0)
     n_head, hs, max_len = 3, 16, 40
-    fused = FusedKVCache(1, n_head, max_len, hs, cache_dtype)
-    plain = FusedKVCache(1, n_head, max_len, hs, cache_dtype)
+    fused = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
+    plain = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
     for pos in range(12):
-        q, k, v = (torch.randn(1, n_head, 1, hs) for _ in range(3))
+        if pos == 8 and batch > 1:  # rows that end leave the batch (-N)
+            keep = torch.tensor([0, 2])
+            fused.narrow(keep)
+            plain.narrow(keep)
+        q, k, v = (torch.randn(fused.k_cache.shape[0], n_head, 1, hs) for _ in range(3))
         got = fused.attend(q, k, v, torch.tensor([pos]))  # the kernel
         keys, values = plain.update(torch.tensor([pos]), k, v)  # torch's, on the same cache
         want = F.scaled_dot_product_attention(q, keys.float(), values.float())

@@ -5,6 +5,9 @@ from chatgpt_cli.errors import UsageError
 from chatgpt_cli.sampling import (
     SamplingOptions,
     apply_temperature,
+    draw,
+    draw_rows,
+    inverse_cdf,
     make_generator,
     probabilities,
     sample,
@@ -73,3 +76,38 @@ def test_samples_stay_inside_top_k():
 def test_bad_values_are_usage_errors(kwargs):
     with pytest.raises(UsageError):
         SamplingOptions(**kwargs)
+
+
+@pytest.mark.parametrize("options", [SamplingOptions(temperature=1.0), SamplingOptions(temperature=0.7, top_k=3),
+                                     SamplingOptions(temperature=1.3, top_p=0.9)])
+def test_draws_follow_the_distribution(options):
+    """One uniform number per draw, through the cumulative sum: the frequencies of 40,000 draws (8
+    rows of 5,000) are the probabilities ``probabilities`` reports, within 4 standard errors."""
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, float("-inf"), 0.0])
+    want = probabilities(logits, options.temperature, options.top_k, options.top_p)
+    generators = [make_generator(i) for i in range(8)]
+    counts = torch.zeros(len(logits))
+    for _ in range(5000):
+        for token in draw_rows(logits.expand(8, -1), options, generators):
+            counts[token] += 1
+    freq, n = counts / counts.sum(), counts.sum()
+    assert (counts[want == 0] == 0).all()  # never a token of probability 0
+    assert ((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 1e-9).all()
+
+
+def test_a_draw_is_row_zero_of_a_batch_and_each_row_its_own_generator():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50257) * 3
+    for options in (SamplingOptions(temperature=0.8), SamplingOptions(temperature=0.8, top_k=40, top_p=0.9)):
+        batch = draw_rows(logits, options, [make_generator(10 + i) for i in range(4)])
+        alone = [draw(logits[i], options, make_generator(10 + i)) for i in range(4)]
+        assert batch == alone
+
+
+def test_the_top_of_the_cumulative_sum_never_lands_on_a_zero_weight():
+    weights = torch.tensor([[0.3, 0.7, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    for u in (0.0, 0.5, 1 - 2**-53):
+        picked = inverse_cdf(weights, torch.full((3,), u, dtype=torch.float64))
+        assert (weights.gather(-1, picked[:, None]) > 0).all()
+    assert inverse_cdf(weights[:1], torch.tensor([0.29], dtype=torch.float64)).tolist() == [0]
+    assert inverse_cdf(weights[:1], torch.tensor([0.31], dtype=torch.float64)).tolist() == [1]
