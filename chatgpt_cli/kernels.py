@@ -5,15 +5,13 @@ speed is how fast the weights stream from memory. Each product here is the plain
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
 sum). With several input rows, each weight row is read from memory once and multiplied by every
-input row while it is in the cache, so eight rows cost little more than one. The weights come in four forms:
+input row while it is in the cache, so eight rows cost little more than one. The weights come in
+three forms (int4 runs torch's own int4 kernel, see precision.py):
 
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
   the bits 16 places up gives the float32;
-- int8 rows with one float32 scale per row: w[n, k] = q[n, k] * s[n];
-- int4 in groups of 32 weights with a float32 scale and offset per group: w = q * s + m, q in
-  0..15. A group is 16 bytes: byte j holds weight j in its low nibble and weight j + 16 in its high
-  nibble, so the inner loop runs over 16 contiguous bytes with one mask and one shift.
+- int8 rows with one float32 scale per row: w[n, k] = q[n, k] * s[n].
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, so only
 the first run on a machine compiles (a few seconds); the cache is set before numba is imported.
@@ -35,7 +33,6 @@ from numba import extending, njit, prange, types  # noqa: E402
 
 numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
 
-GROUP = 32  # int4 weights per group (one scale and offset each)
 CHUNK = 32  # weight rows a thread takes at a time (one float32 row buffer each)
 GELU_C = math.sqrt(2.0 / math.pi)
 jit = njit(parallel=True, fastmath=True, cache=True)
@@ -109,34 +106,6 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         out[n] = finish(acc * scale[n] + bias[n], gelu)
 
 
-@jit
-def matvec_int4(x, packed, scale, offset, bias, out, gelu):
-    """out[n] = sum over groups g of (x_g . (q_g * scale[n, g] + offset[n, g])) + bias[n].
-
-    packed (N, K/2) uint8, two weights a byte (see the module's docstring); scale, offset (N, K/32).
-    The inner loop runs over a whole row of bytes (a short loop per group would not vectorize);
-    x is first split into the halves the nibbles multiply, and a byte's nibbles are taken with
-    float math (hi = floor(b / 16), lo = b - 16 hi), which vectorizes better than integer shifts.
-    """
-    half = GROUP // 2
-    n_groups, n_bytes = x.shape[0] // GROUP, x.shape[0] // 2
-    x_low, x_high, x_sum = np.empty(n_bytes, np.float32), np.empty(n_bytes, np.float32), np.empty(n_groups, np.float32)
-    for g in range(n_groups):
-        x_low[g * half:(g + 1) * half] = x[g * GROUP:g * GROUP + half]  # the weights in low nibbles
-        x_high[g * half:(g + 1) * half] = x[g * GROUP + half:(g + 1) * GROUP]  # ... and in high ones
-        x_sum[g] = x[g * GROUP:(g + 1) * GROUP].sum()
-    for n in prange(packed.shape[0]):
-        acc = np.float32(0.0)
-        for j in range(n_bytes):
-            byte = np.float32(packed[n, j])
-            high = np.floor(byte * np.float32(1 / 16))
-            low = byte - np.float32(16) * high
-            acc += scale[n, j // half] * (x_low[j] * low + x_high[j] * high)
-        for g in range(n_groups):
-            acc += offset[n, g] * x_sum[g]
-        out[n] = finish(acc + bias[n], gelu)
-
-
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------
 # Each weight row is widened to float32 once, into a small buffer that stays in the cache, then
 # multiplied by the rows of x four at a time (four sums side by side keep the multipliers busy).
@@ -151,19 +120,6 @@ def widen_bf16(w, n, row):
 def widen_int8(q, n, row):
     for k in range(row.shape[0]):
         row[k] = np.float32(q[n, k])
-
-
-@njit(inline="always", cache=True)
-def widen_int4(packed, scale, offset, n, row):
-    """Weights q * scale + offset of row n; in each group, byte j holds weights j and j + 16."""
-    half = GROUP // 2
-    for g in range(row.shape[0] // GROUP):
-        s, o = scale[n, g], offset[n, g]
-        for j in range(half):
-            byte = np.float32(packed[n, g * half + j])
-            high = np.floor(byte * np.float32(1 / 16))
-            row[g * GROUP + j] = (byte - np.float32(16) * high) * s + o
-            row[g * GROUP + half + j] = high * s + o
 
 
 @njit(inline="always", cache=True)
@@ -225,19 +181,6 @@ def matmul_int8(x, q, scale, bias, out, gelu):
             dots4(x4, row, acc)
             for m in range(x.shape[0]):
                 out[m, n] = finish(acc[m] * scale[n] + bias[n], gelu)
-
-
-@jit
-def matmul_int4(x, packed, scale, offset, bias, out, gelu):
-    """out[m, n] = x[m] . w[n] + bias[n], w[n] rebuilt from its int4 groups (``widen_int4``)."""
-    x4 = padded4(x)
-    for c in prange((packed.shape[0] + CHUNK - 1) // CHUNK):
-        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
-        for n in range(c * CHUNK, min((c + 1) * CHUNK, packed.shape[0])):
-            widen_int4(packed, scale, offset, n, row)
-            dots4(x4, row, acc)
-            for m in range(x.shape[0]):
-                out[m, n] = finish(acc[m] + bias[n], gelu)
 
 
 @jit

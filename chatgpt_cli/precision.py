@@ -5,8 +5,10 @@ A scheme converts the weights and swaps the model's layers, all through one mech
 of the scheme's ``Linear`` kind, and the KV cache becomes the scheme's kind. What runs where:
 
 - on the CPU, one token at a time (decode): the matrix-vector kernels of kernels.py, float32
-  activations, and a fused attention over the cache; many tokens at once (prefill): torch's
-  matrix products (oneDNN), with the weights widened to bfloat16 where they are stored smaller;
+  activations, and a fused attention over the cache; a few rows at once (a step of ``-N``
+  samples): the few-rows kernels (bfloat16: oneDNN's bfloat16 product); many tokens at once
+  (prefill): torch's matrix products (oneDNN), with the weights widened to bfloat16 where they are
+  stored smaller; int4: torch's int4 kernel for any number of rows;
 - elsewhere (CUDA, MPS) and for ``fast=False``: torch's own layers (``TorchScheme``); on CUDA the
   decode step is recorded as a CUDA graph over a static cache (cuda_graph.py).
 
@@ -28,7 +30,7 @@ from torch import nn
 from chatgpt_cli.model import GPT, KVCache
 
 ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
-GROUP = 32  # int4 weights per group (kernels.GROUP)
+GROUP = 32  # int4 weights per group
 KERNEL_ROWS = 16  # inputs of up to this many rows take the kernels (each weight read once for all rows)
 
 
@@ -93,11 +95,16 @@ def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return packed, scale, offset
 
 
+def unpack_groups(packed: torch.Tensor) -> torch.Tensor:
+    """The int4 codes (out, in) of ``quantize_groups``' bytes (out, in/2), as uint8 0..15."""
+    p = packed.view(packed.shape[0], -1, GROUP // 2)  # (out, groups, 16)
+    return torch.cat((p & 15, p >> 4), dim=2).view(packed.shape[0], -1)  # weights j and j + 16 of each group
+
+
 def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
                       dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weights that ``quantize_groups`` stored, in dtype."""
-    p = packed.view(packed.shape[0], -1, GROUP // 2)  # (out, groups, 16)
-    q = torch.cat((p & 15, p >> 4), dim=2).to(dtype)  # (out, groups, 32): weights j and j + 16
+    q = unpack_groups(packed).to(dtype).view(packed.shape[0], -1, GROUP)  # (out, groups, 32)
     return (q * scale[..., None].to(dtype) + offset[..., None].to(dtype)).view(packed.shape[0], -1)
 
 
@@ -199,20 +206,46 @@ class Int8Linear(Linear):
 
 
 class Int4Linear(Linear):
-    """w ~ q * s + m in groups of 32 along the input (see quantize_groups)."""
+    """w ~ q * s + m in groups of 32 along the input (see quantize_groups).
 
-    kernel_name = "int4"
+    On the CPU every product, of one row or many, runs torch's int4 kernel
+    (``torch._weight_int4pack_mm_for_cpu``, bfloat16 activations): the codes are repacked into its
+    layout, which computes w = (q - 8) * s + z, so z = m + 8 s. Elsewhere (or with an older torch)
+    the weight is widened for torch (``dense``).
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
         packed, scale, offset = quantize_groups(weight)
-        self.register_buffer("weight", packed)
-        self.register_buffer("scales", scale)
-        self.register_buffer("offsets", offset)
-        self.arrays = tuple(t.numpy() for t in (packed, scale, offset)) if packed.device.type == "cpu" else ()
+        self.in_features = weight.shape[1]
+        self.torch_int4 = weight.device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu") \
+            and self.out_features % 16 == 0  # the kernel takes outputs in tiles of 16
+        if self.torch_int4:
+            codes = unpack_groups(packed).to(torch.int32)  # (out, in), 0..15
+            self.register_buffer("weight", torch._convert_weight_to_int4pack_for_cpu(codes, 2))
+            zero = offset + 8 * scale
+            self.register_buffer("scales_and_zeros", torch.stack([scale.t(), zero.t()], dim=-1)
+                                 .to(torch.bfloat16).contiguous())  # (in/32, out, 2)
+        else:
+            self.register_buffer("weight", packed)
+            self.register_buffer("scales", scale)
+            self.register_buffer("offsets", offset)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, in) -> x W^T (M, out) in torch's int4 kernel."""
+        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.weight, GROUP, self.scales_and_zeros)
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.torch_int4:  # the weight as the kernel sees it: the product with the identity
+            return self.product(torch.eye(self.in_features)).t().to(dtype)
         return dequantize_groups(self.weight, self.scales, self.offsets, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.torch_int4 and x.device.type == "cpu"):
+            return super().forward(x)
+        out = self.product(x.reshape(-1, x.shape[-1])).to(x.dtype) + self.bias.to(x.dtype)
+        out = F.gelu(out, approximate="tanh") if self.gelu else out
+        return out.view(x.shape[:-1] + (self.out_features,))
 
 
 class FusedKVCache(KVCache):
@@ -327,8 +360,10 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
         linear = Int8Linear if dtype == "int8" else int4_or_int8
         quality = QUALITY[dtype]
         if cpu:
+            kernels = f"int8 {CPU_KERNELS}" if dtype == "int8" else \
+                "int4: torch's int4 kernel (blocks), int8 numba matrix-vector (unembedding) + fused attention"
             return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.bfloat16,
-                          f"{dtype} {CPU_KERNELS}", quality)
+                          kernels, quality)
         return Scheme(dtype, torch.bfloat16, torch.bfloat16, linear, Int8Linear, kernels="torch (weights widened)",
                       quality=quality)
     target = DTYPES[dtype]

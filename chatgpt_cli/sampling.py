@@ -238,7 +238,8 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
               min_p: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The tokens a draw can pick and their weights, in order: probabilities up to one factor per
-    row (float64, on the CPU; the most likely token weighs 1).
+    row (on the CPU, computed in float64 but for plain temperature sampling; the most likely token
+    weighs 1).
 
     With top-k, the k survivors (ids (rows, k), most likely first, and their weights); otherwise
     the whole vocabulary in id order (ids None). Temperature > 0 here.
@@ -251,6 +252,11 @@ def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: f
         else:
             kept, ids = torch.topk(apply_temperature(clean_logits(logits), temperature), top_k, dim=-1)
         return ids, torch.exp(min_p_filter(top_p_filter(kept, top_p), min_p))
+    x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]
+    top = x.amax(-1, keepdim=True)
+    plain = top_p >= 1 and min_p <= 0 and temperature >= 1e-30  # a temperature float32 holds (else float64)
+    if plain and torch.isfinite(top).all():  # plain temperature sampling: three passes
+        return None, x.sub(top).div_(temperature).exp_()  # a new tensor, float32 (its sum is taken in float64)
     logits = apply_temperature(clean_logits(logits), temperature)  # the largest is 0: exp never overflows
     return None, torch.exp(min_p_filter(top_p_filter(logits, top_p), min_p))
 
@@ -261,14 +267,16 @@ def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
     if temperature == 0:
         return torch.nn.functional.one_hot(clean_logits(logits).argmax(-1), logits.shape[-1]).float()
     ids, weights = survivors(logits, temperature, top_k, top_p, min_p)
-    probs = (weights / weights.sum(-1, keepdim=True)).float()
-    return probs if ids is None else torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs)
+    probs = (weights / weights.sum(-1, keepdim=True, dtype=torch.float64)).float()
+    if ids is None:
+        ids = torch.arange(probs.shape[-1]).expand(probs.shape)  # (a padded vocabulary has more logits)
+    return torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs)
 
 
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """For each row of weights (rows, S), the index i whose slice of the cumulative sum holds
     u * total, for u (rows,) in [0, 1): one uniform number per draw. Weight 0 is never picked."""
-    cdf = weights.cumsum(-1)  # (rows, S)
+    cdf = weights.double().cumsum(-1)  # (rows, S); cumsum(dtype=) is many times slower over rows
     idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=weights.shape[-1] - 1)
     stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0  # only rounding at the very top does this
     if stepped_off.any():
