@@ -87,12 +87,16 @@ def test_logprobs_equal_next(tiny_dir):
     assert set(data["timings"]) == {"first_token_ms", "decode_tok_s"}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8", "int4"])
 def test_batched_samples_in_every_dtype(tiny_dir, dtype):
     data = complete_json(tiny_dir, "-N", "3", "--seed", "2", "-n", "6", "--dtype", dtype,
                          "--repeat-penalty", "1.2", "--min-p", "0.05")
     assert [c["index"] for c in data["choices"]] == [0, 1, 2]
     assert all(len(c["tokens"]) <= 6 and TOK.decode(c["tokens"]) == c["text"] for c in data["choices"])
+    # the batch runs other products (the few-rows kernels) than one sample: greedy, every row is the single path
+    greedy = complete_json(tiny_dir, "-N", "5", "-t", "0", "-n", "12", "--dtype", dtype, "--ignore-eos")
+    single = complete_json(tiny_dir, "-t", "0", "-n", "12", "--dtype", dtype, "--ignore-eos")
+    assert [c["tokens"] for c in greedy["choices"]] == [single["choices"][0]["tokens"]] * 5
 
 
 def test_bad_sample_options_are_usage_errors(tiny_dir):
