@@ -6,7 +6,7 @@ input row with one row of the weight, a weight row per output, the weight rows s
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
 sum). With several input rows, each weight row is read from memory once and multiplied by every
 input row while it is in the cache, so eight rows cost little more than one. The weights come in
-three forms (int4 runs torch's own int4 kernel, see precision.py):
+three forms (int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting

@@ -99,7 +99,7 @@ class KVCache(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                last_only: bool = False) -> torch.Tensor:
         """Store k, v, then attend with q (B, nh, T, hs) over every key so far; ``last_only``: with
-        the last query alone (B, nh, 1, hs). A faster cache may override this (precision.py)."""
+        the last query alone (B, nh, 1, hs). A faster cache may override this (layers.py)."""
         k, v = self.update(input_pos, k, v)  # (B, nh, S, hs), S = keys seen so far (max_len if static)
         if last_only:
             q, input_pos = q[:, :, -1:], input_pos[-1:]
@@ -171,7 +171,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
         self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
-        self.act = nn.GELU(approximate="tanh")  # Identity where c_fc applies it itself (precision.py)
+        self.act = nn.GELU(approximate="tanh")  # Identity where c_fc applies it itself (layers.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))

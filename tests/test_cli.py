@@ -132,7 +132,7 @@ def test_info(tiny_dir, tiny_hf):
     assert rows["parameters"] == f"{n_params:,}"
     assert rows["layers (n_layer)"] == "2" and rows["heads (n_head)"] == "2" and rows["width (n_embd)"] == "32"
     assert rows["context window (n_positions)"] == "64" and rows["unembedding"] == "tied to wte"
-    from chatgpt_cli.precision import native_bf16
+    from chatgpt_cli.layers import native_bf16
 
     auto = "bfloat16" if native_bf16(torch.device("cpu")) else "float32"  # --dtype auto, precision.py
     assert rows["dtype"] == auto and rows["device"] == "cpu" and rows["kernels"].startswith(f"{auto} numba")

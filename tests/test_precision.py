@@ -9,20 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from chatgpt_cli.generate import Engine, prefill
-from chatgpt_cli.precision import (
+from chatgpt_cli.layers import (
     KERNEL_ROWS,
     BFloat16Linear,
     Float32Linear,
     FusedKVCache,
     Int4Linear,
     Int8Linear,
-    choose_scheme,
     dequantize_groups,
     load_kernels,
     native_bf16,
     quantize_groups,
     quantize_rows,
 )
+from chatgpt_cli.precision import choose_scheme
 from chatgpt_cli.resources import shipped
 from chatgpt_cli.sampling import SamplingOptions
 from chatgpt_cli.tokenizer import Tokenizer
@@ -72,7 +72,7 @@ def test_int4_groups_round_to_half_a_step_and_pack_two_a_byte(monkeypatch):
     assert ((back - w).abs() <= step / 2 + 1e-6).all()
     assert (packed[0, 0] & 15) == torch.round((w[0, 0] - offset[0, 0]) / scale[0, 0])  # weight 0: low nibble
     assert (packed[0, 0] >> 4) == torch.round((w[0, 16] - offset[0, 0]) / scale[0, 0])  # weight 16: high one
-    monkeypatch.setattr("chatgpt_cli.precision.ROWS_PER_CHUNK", 3)
+    monkeypatch.setattr("chatgpt_cli.layers.ROWS_PER_CHUNK", 3)
     assert all(torch.equal(a, b) for a, b in zip((packed, scale, offset), quantize_groups(w), strict=True))
 
 
@@ -87,7 +87,7 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
     if onednn and not (kind is BFloat16Linear and native_bf16(torch.device("cpu"))):
         pytest.skip("oneDNN's bfloat16 product runs for bfloat16 weights on a CPU that has it")
     if not onednn:
-        monkeypatch.setattr("chatgpt_cli.precision.native_bf16", lambda device: False)
+        monkeypatch.setattr("chatgpt_cli.layers.native_bf16", lambda device: False)
     torch.manual_seed(sum(shape))
     w, b = torch.randn(shape) * 0.1, torch.randn(shape[0])
     layer = kind(w, b, gelu)

@@ -151,8 +151,8 @@ def test_save_then_load_round_trip_and_transformers_loads_it(tmp_path, tiny_dir)
 
 
 def test_16_bit_weights_get_the_fast_layers_and_the_same_logits(tiny_dir):
+    from chatgpt_cli.layers import BFloat16Linear
     from chatgpt_cli.model import Conv1D
-    from chatgpt_cli.precision import BFloat16Linear
 
     full = load_model(tiny_dir, dtype="float32").model
     unconverted = load_model(tiny_dir, dtype="float16", fast=False).model

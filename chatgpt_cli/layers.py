@@ -1,0 +1,263 @@
+"""The layers the precisions swap into a model (precision.py chooses which): a matrix product per
+form of stored weight, and a KV cache whose one-token attention is one kernel.
+
+Each ``Linear`` kind holds its weight in one form (float32, bfloat16, int8 with a scale per row,
+int4 in groups of 32) and multiplies in the fastest way for the number of rows it is given: one
+row (a decode step) in a numba matrix-vector kernel (kernels.py), a few rows (a step of ``-N``
+samples) in a few-rows kernel that reads each weight once for all rows, many rows (a prompt) in
+torch's products. int8 keeps one scale per row: w ~ q * s, q in [-127, 127]. int4 keeps groups of
+32 weights along the input, each with a scale and an offset: w ~ q * s + m, q in [0, 15] (like
+llama.cpp's q4_1), and runs torch's int4 kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatgpt_cli.model import KVCache
+
+ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
+GROUP = 32  # int4 weights per group
+KERNEL_ROWS = 16  # inputs of up to this many rows take the kernels (each weight read once for all rows)
+
+
+@functools.cache
+def load_kernels():
+    """kernels.py, imported on first use (numba takes a moment to import; --help never needs it)."""
+    from chatgpt_cli import kernels as k  # it sets numba's cache directory
+
+    return k
+
+
+def use_torch_threads() -> None:
+    """The kernels run on as many threads as torch's products (``bench --threads``)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16, AMX, Arm's BF16)."""
+    return device.type == "cpu" and cpu_bf16()
+
+
+@functools.cache
+def cpu_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bits(t: torch.Tensor):
+    """A CPU tensor as a numpy array for the kernels; 16-bit floats as their raw bits (int16)."""
+    return (t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) floats -> int8 codes (out, in) and one float32 scale per row (out,)."""
+    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
+        rows = weight[start:start + ROWS_PER_CHUNK].float()
+        s = rows.abs().amax(dim=1).clamp(min=1e-12) / 127  # an all-zero row keeps a harmless scale
+        codes[start:start + len(rows)] = torch.round(rows / s[:, None]).clamp(-127, 127).to(torch.int8)
+        scales[start:start + len(rows)] = s
+    return codes, scales
+
+
+def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) floats -> int4 codes packed two a byte (out, in/2) uint8, scale and offset (out, in/32).
+
+    In each group of 32, byte j holds weight j in its low nibble and weight j + 16 in its high one.
+    """
+    out, n_in = weight.shape
+    packed = torch.empty(out, n_in // 2, dtype=torch.uint8, device=weight.device)
+    scale = torch.empty(out, n_in // GROUP, dtype=torch.float32, device=weight.device)
+    offset = torch.empty_like(scale)
+    for start in range(0, out, ROWS_PER_CHUNK):
+        g = weight[start:start + ROWS_PER_CHUNK].float().view(-1, n_in // GROUP, GROUP)  # (rows, groups, 32)
+        lo, hi = g.amin(dim=2), g.amax(dim=2)
+        s = ((hi - lo) / 15).clamp(min=1e-12)
+        q = torch.round((g - lo[..., None]) / s[..., None]).clamp(0, 15).to(torch.uint8)
+        packed[start:start + len(g)] = (q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)).view(len(g), -1)
+        scale[start:start + len(g)], offset[start:start + len(g)] = s, lo
+    return packed, scale, offset
+
+
+def unpack_groups(packed: torch.Tensor) -> torch.Tensor:
+    """The int4 codes (out, in) of ``quantize_groups``' bytes (out, in/2), as uint8 0..15."""
+    p = packed.view(packed.shape[0], -1, GROUP // 2)  # (out, groups, 16)
+    return torch.cat((p & 15, p >> 4), dim=2).view(packed.shape[0], -1)  # weights j and j + 16 of each group
+
+
+def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weights that ``quantize_groups`` stored, in dtype."""
+    q = unpack_groups(packed).to(dtype).view(packed.shape[0], -1, GROUP)  # (out, groups, 32)
+    return (q * scale[..., None].to(dtype) + offset[..., None].to(dtype)).view(packed.shape[0], -1)
+
+
+class Linear(nn.Module):
+    """y = x W^T + b, then GPT-2's tanh GELU if ``gelu``, with W (out, in) stored in some form.
+
+    On the CPU, one row of x (a decode step) runs the form's matrix-vector kernel
+    (``matvec_<kernel_name>`` over ``arrays``) and up to ``KERNEL_ROWS`` rows (a step of ``-N``
+    samples) ``few_rows``, by default its few-rows kernel, which reads each weight once for all
+    rows; more rows (a prompt), or another device, multiply by ``dense()``, the weight widened for torch.
+    """
+
+    kernel_name = ""
+
+    def __init__(self, out_features: int, bias: torch.Tensor | None, gelu: bool) -> None:
+        super().__init__()
+        self.out_features, self.gelu = out_features, gelu
+        b = torch.zeros(out_features) if bias is None else bias.detach()
+        self.register_buffer("bias", b.float() if b.device.type == "cpu" else b)
+        self.arrays: tuple = ()
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
+        out = torch.empty(len(x), self.out_features)
+        kernel = getattr(load_kernels(), "matmul_" + self.kernel_name)
+        kernel(x.contiguous().numpy(), *self.arrays, self.bias.numpy(), out.numpy(), self.gelu)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        kernels = x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name
+        if kernels and len(x2) == 1:  # one token: a matrix-vector product
+            out = torch.empty(1, self.out_features)
+            kernel = getattr(load_kernels(), "matvec_" + self.kernel_name)
+            kernel(x2[0].contiguous().numpy(), *self.arrays, self.bias.numpy(), out[0].numpy(), self.gelu)
+        elif kernels and len(x2) <= KERNEL_ROWS:
+            out = self.few_rows(x2)
+        else:
+            w = self.dense(torch.bfloat16 if x2.device.type == "cpu" else x2.dtype)
+            out = F.linear(x2.to(w.dtype), w).to(x2.dtype) + self.bias.to(x2.dtype)
+            out = F.gelu(out, approximate="tanh") if self.gelu else out
+        return out.view(x.shape[:-1] + (self.out_features,))
+
+
+class Float32Linear(Linear):
+    kernel_name = "f32"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
+        super().__init__(weight.shape[0], bias, gelu)
+        self.register_buffer("weight", weight.float().contiguous())
+        self.arrays = (bits(self.weight),)
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight  # float32 stays float32, for exact prefills
+
+
+class BFloat16Linear(Linear):
+    kernel_name = "bf16"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
+        super().__init__(weight.shape[0], bias, gelu)
+        self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
+        self.arrays = (bits(self.weight),)
+        self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, made on first use
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight
+
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """On a CPU with native bfloat16, oneDNN's bfloat16 product (its dot-product instructions do
+        twice the work of float32 ones) on a blocked copy of the weight, made the first time ``-N``
+        runs (it costs the weight's size again in memory, so only then); elsewhere the kernel."""
+        if not native_bf16(x.device):
+            return super().few_rows(x)
+        if self.packed is None:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+        out = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None, "none", [], "")
+        out = out.float() + self.bias
+        return F.gelu(out, approximate="tanh") if self.gelu else out
+
+
+class Int8Linear(Linear):
+    """w[n] ~ q[n] * s[n]: int8 codes q (out, in), a float32 scale s per row."""
+
+    kernel_name = "int8"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
+        super().__init__(weight.shape[0], bias, gelu)
+        codes, scales = quantize_rows(weight)
+        self.register_buffer("weight", codes)
+        self.register_buffer("scales", scales)
+        self.arrays = (codes.numpy(), scales.numpy()) if codes.device.type == "cpu" else ()
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight.to(dtype) * self.scales[:, None].to(dtype)
+
+
+class Int4Linear(Linear):
+    """w ~ q * s + m in groups of 32 along the input (see quantize_groups).
+
+    On the CPU every product, of one row or many, runs torch's int4 kernel
+    (``torch._weight_int4pack_mm_for_cpu``, bfloat16 activations): the codes are repacked into its
+    layout, which computes w = (q - 8) * s + z, so z = m + 8 s. Elsewhere (or with an older torch)
+    the weight is widened for torch (``dense``).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
+        super().__init__(weight.shape[0], bias, gelu)
+        packed, scale, offset = quantize_groups(weight)
+        self.in_features = weight.shape[1]
+        self.torch_int4 = weight.device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu") \
+            and self.out_features % 16 == 0  # the kernel takes outputs in tiles of 16
+        if self.torch_int4:
+            codes = unpack_groups(packed).to(torch.int32)  # (out, in), 0..15
+            self.register_buffer("weight", torch._convert_weight_to_int4pack_for_cpu(codes, 2))
+            zero = offset + 8 * scale
+            self.register_buffer("scales_and_zeros", torch.stack([scale.t(), zero.t()], dim=-1)
+                                 .to(torch.bfloat16).contiguous())  # (in/32, out, 2)
+        else:
+            self.register_buffer("weight", packed)
+            self.register_buffer("scales", scale)
+            self.register_buffer("offsets", offset)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, in) -> x W^T (M, out) in torch's int4 kernel."""
+        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.weight, GROUP, self.scales_and_zeros)
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.torch_int4:  # the weight as the kernel sees it: the product with the identity
+            return self.product(torch.eye(self.in_features)).t().to(dtype)
+        return dequantize_groups(self.weight, self.scales, self.offsets, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.torch_int4 and x.device.type == "cpu"):
+            return super().forward(x)
+        out = self.product(x.reshape(-1, x.shape[-1])).to(x.dtype) + self.bias.to(x.dtype)
+        out = F.gelu(out, approximate="tanh") if self.gelu else out
+        return out.view(x.shape[:-1] + (self.out_features,))
+
+
+class FusedKVCache(KVCache):
+    """A KV cache whose one-token attention is a single kernel (kernels.attend_*) that writes the
+    new key and value and attends over the cache; prompts go through torch as usual."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernel_name = "attend_f32" if self.k_cache.dtype == torch.float32 else "attend_bf16"
+        self.arrays = (bits(self.k_cache), bits(self.v_cache))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+               last_only: bool = False) -> torch.Tensor:
+        if q.shape[2] != 1 or q.dtype != torch.float32:
+            return super().attend(q, k, v, input_pos, last_only)
+        out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
+        getattr(load_kernels(), self.kernel_name)(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(),
+                                             v[:, :, 0].contiguous().numpy(), *self.arrays,
+                                             int(input_pos[0]), out.numpy())
+        return out.view(q.shape)  # (B, nh, 1, hs)
+
+    def narrow(self, keep: torch.Tensor) -> None:
+        super().narrow(keep)
+        self.arrays = (bits(self.k_cache), bits(self.v_cache))
