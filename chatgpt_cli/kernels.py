@@ -63,8 +63,8 @@ def to_bf16(value):
 
 @njit(inline="always", cache=True)
 def bf16(bits):
-    """bfloat16 bits (uint16 or int16) -> float32."""
-    return _as_float32((np.uint32(bits) & np.uint32(0xFFFF)) << np.uint32(16))
+    """bfloat16 bits (uint16) -> float32: the bits become the top half of the float32's."""
+    return _as_float32(np.uint32(bits) << np.uint32(16))
 
 
 @njit(inline="always", cache=True)

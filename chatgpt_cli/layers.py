@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,8 +52,11 @@ def cpu_bf16() -> bool:
 
 
 def bits(t: torch.Tensor):
-    """A CPU tensor as a numpy array for the kernels; 16-bit floats as their raw bits (int16)."""
-    return (t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+    """A CPU tensor as a numpy array for the kernels; 16-bit floats as their raw bits (uint16: a
+    signed view would need a mask after widening, which kept the bfloat16 loop 1.5x slower)."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        return t.view(torch.int16).numpy().view(np.uint16)  # the same memory
+    return t.numpy()
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
