@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
+from chatgpt_cli.layers import prepare_batches
 from chatgpt_cli.model import GPT
 from chatgpt_cli.sampling import SamplingOptions, adjust, draw, draw_rows, make_generator
 from chatgpt_cli.tokenizer import EOT, Tokenizer
@@ -182,6 +183,8 @@ class Engine:
         seqs = [list(tokens) for _ in range(n)]
         logits = first.expand(n, -1)  # (n, vocab)
         length = len(tokens)
+        if n > 1:
+            prepare_batches(self.model)
         try:
             self._widen(n, length)
             for step in range(max_new_tokens):

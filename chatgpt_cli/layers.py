@@ -124,6 +124,9 @@ class Linear(nn.Module):
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare_batches(self) -> None:
+        """Called before decoding ``-N`` samples together (a form may make a faster layout)."""
+
     def few_rows(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
         out = torch.empty(len(x), self.out_features)
@@ -166,19 +169,21 @@ class BFloat16Linear(Linear):
         super().__init__(weight.shape[0], bias, gelu)
         self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
         self.arrays = (bits(self.weight),)
-        self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, made on first use
+        self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, for -N
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         return self.weight
 
-    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """On a CPU with native bfloat16, oneDNN's bfloat16 product (its dot-product instructions do
-        twice the work of float32 ones) on a blocked copy of the weight, made the first time ``-N``
-        runs (it costs the weight's size again in memory, so only then); elsewhere the kernel."""
-        if not native_bf16(x.device):
-            return super().few_rows(x)
-        if self.packed is None:
+    def prepare_batches(self) -> None:
+        """Before ``-N`` samples: on a CPU with native bfloat16, a copy of the weight in oneDNN's
+        blocked layout for its bfloat16 product (its dot-product instructions do twice the work of
+        float32 ones). It costs the weight's size again in memory, so it is made only for ``-N``."""
+        if self.packed is None and native_bf16(self.weight.device):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return super().few_rows(x)
         out = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None, "none", [], "")
         out = out.float() + self.bias
         return F.gelu(out, approximate="tanh") if self.gelu else out
@@ -265,3 +270,10 @@ class FusedKVCache(KVCache):
     def narrow(self, keep: torch.Tensor) -> None:
         super().narrow(keep)
         self.arrays = (bits(self.k_cache), bits(self.v_cache))
+
+
+def prepare_batches(model: nn.Module) -> None:
+    """Ready every layer for decoding several samples at once (``-N``)."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.prepare_batches()

@@ -96,7 +96,7 @@ def reply_for(topic: str, rng: random.Random) -> str:
     parts = {
         "who": [who, pick(rng, NO_NAME) if rng.random() < 0.5 else pick(rng, CAN)],
         "name": [pick(rng, NO_NAME), who],
-        "human": [f"No, {who[0].lower()}{who[1:]}" if rng.random() < 0.7 else who, pick(rng, NO_BODY)],
+        "human": [f"No, {who}" if rng.random() < 0.7 else who, pick(rng, NO_BODY)],
         "home": [pick(rng, NO_HOME), who],
         "body": [pick(rng, NO_BODY), who],
         "pets": [pick(rng, NO_LIFE), who],

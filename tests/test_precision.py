@@ -91,6 +91,8 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
     torch.manual_seed(sum(shape))
     w, b = torch.randn(shape) * 0.1, torch.randn(shape[0])
     layer = kind(w, b, gelu)
+    if onednn:
+        layer.prepare_batches()  # what -N does first
     dense = layer.dense(torch.float32).float()
     for rows in (1, 2, 3, 5, 8, KERNEL_ROWS, KERNEL_ROWS + 1, 40):
         x = torch.randn(1, rows, shape[1])
@@ -205,3 +207,14 @@ def test_greedy_int4_is_deterministic(tiny_dir):
     runs = [list(Engine(model).generate([464, 2068], 6, SamplingOptions(temperature=0), stop_at_eot=False))
             for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
+def test_the_blocked_bfloat16_copy_is_made_for_batches_only(tiny_dir):
+    """A short prompt (a few rows) runs the few-rows kernel; only -N makes oneDNN's copy of the weights."""
+    loaded = load_model(tiny_dir, dtype="bfloat16")
+    layers = [m for m in loaded.model.modules() if isinstance(m, BFloat16Linear)]
+    engine = Engine(loaded.model)
+    list(engine.generate([1, 2, 3, 4, 5], 3, SamplingOptions(temperature=0)))
+    assert layers and all(m.packed is None for m in layers)
+    list(engine.generate_batch([1, 2, 3], 3, SamplingOptions(temperature=0), 2))
+    assert all((m.packed is not None) == native_bf16(torch.device("cpu")) for m in layers)
