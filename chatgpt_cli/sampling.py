@@ -273,14 +273,33 @@ def probabilities(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
     return torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, ids, probs)
 
 
+BLOCK = 256  # weights per block of the two-level cumulative sum in inverse_cdf
+
+
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """For each row of weights (rows, S), the index i whose slice of the cumulative sum holds
-    u * total, for u (rows,) in [0, 1): one uniform number per draw. Weight 0 is never picked."""
-    cdf = weights.double().cumsum(-1)  # (rows, S); cumsum(dtype=) is many times slower over rows
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=weights.shape[-1] - 1)
-    stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0  # only rounding at the very top does this
+    u * total, for u (rows,) in [0, 1): one uniform number per draw. Weight 0 is never picked.
+
+    In two levels, as fast for eight rows as one: the row cut into blocks of 256, the block found
+    in the running sum of the block sums (float64), then the index in the running sum of that
+    block alone (a float64 running sum over a whole vocabulary costs ten times more per row).
+    """
+    rows, size = weights.shape
+    full = size // BLOCK * BLOCK
+    sums = weights[:, :full].unflatten(-1, (-1, BLOCK)).sum(-1)  # (rows, blocks): a view, no copy
+    sums = torch.cat([sums, weights[:, full:].sum(-1, keepdim=True)], dim=-1).double()  # the short last block
+    ends = sums.cumsum(-1)
+    target = u * ends[:, -1]
+    block = torch.searchsorted(ends, target[:, None], right=True)[:, 0].clamp(max=sums.shape[1] - 1)
+    start = (ends.gather(-1, block[:, None]) - sums.gather(-1, block[:, None]))[:, 0]
+    first, offsets = block * BLOCK, torch.arange(BLOCK)  # (rows,), (256,)
+    inner = weights.gather(-1, (first[:, None] + offsets).clamp(max=size - 1)).double()  # (rows, 256)
+    inner = torch.where(offsets < size - first[:, None], inner, 0.0).cumsum(-1)  # past the row's end: nothing
+    within = torch.searchsorted(inner, (target - start)[:, None], right=True)[:, 0].clamp(max=BLOCK - 1)
+    idx = (first + within).clamp(max=size - 1)
+    stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0  # rounding between the levels only
     if stepped_off.any():
-        last = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)  # the last possible
+        last = size - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)  # the last possible index
         idx = torch.where(stepped_off, last, idx)
     return idx
 

@@ -111,3 +111,21 @@ def test_the_top_of_the_cumulative_sum_never_lands_on_a_zero_weight():
         assert (weights.gather(-1, picked[:, None]) > 0).all()
     assert inverse_cdf(weights[:1], torch.tensor([0.29], dtype=torch.float64)).tolist() == [0]
     assert inverse_cdf(weights[:1], torch.tensor([0.31], dtype=torch.float64)).tolist() == [1]
+
+
+def test_the_two_level_search_equals_one_running_sum():
+    """inverse_cdf's blocks of 256 pick what one float64 running sum over the whole row picks, for
+    rows whose size is not a multiple of 256 and mass anywhere (the short last block included)."""
+    torch.manual_seed(1)
+    for size in (5, 256, 300, 50257):
+        weights = torch.rand(6, size) * (torch.rand(6, size) < 0.3)  # many zeros
+        weights[0] = 0
+        weights[0, -1] = 1.0  # all the mass on the last token
+        weights[1, :size // 2] = 0
+        for _ in range(20):
+            u = torch.rand(6, dtype=torch.float64)
+            cdf = weights.double().cumsum(-1)
+            want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+            got = inverse_cdf(weights, u)
+            assert (weights.gather(-1, got[:, None]) > 0).all()
+            assert torch.equal(got, want)  # (rounding could split them only with u on a boundary)
