@@ -4,9 +4,9 @@ Decoding multiplies one vector (or the few rows of ``-N`` samples) by every weig
 speed is how fast the weights stream from memory. Each product here is the plain dot product of an
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
-sum). With several input rows, each weight row is read from memory once and multiplied by every
-input row while it is in the cache, so eight rows cost little more than one. The weights come in
-three forms (int4 runs torch's own int4 kernel, see layers.py):
+sum). With several input rows, each weight is read from memory once for all of them, two weight
+rows by four input rows at a time. The weights come in three forms (int4 runs torch's own int4
+kernel, see layers.py):
 
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
@@ -33,7 +33,6 @@ from numba import extending, njit, prange, types  # noqa: E402
 
 numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
 
-CHUNK = 32  # weight rows a thread takes at a time (one float32 row buffer each)
 GELU_C = math.sqrt(2.0 / math.pi)
 jit = njit(parallel=True, fastmath=True, cache=True)
 
@@ -107,35 +106,8 @@ def matvec_int8(x, q, scale, bias, out, gelu):
 
 
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------
-# Each weight row is widened to float32 once, into a small buffer that stays in the cache, then
-# multiplied by the rows of x four at a time (four sums side by side keep the multipliers busy).
-
-@njit(inline="always", cache=True)
-def widen_bf16(w, n, row):
-    for k in range(row.shape[0]):
-        row[k] = bf16(w[n, k])
-
-
-@njit(inline="always", cache=True)
-def widen_int8(q, n, row):
-    for k in range(row.shape[0]):
-        row[k] = np.float32(q[n, k])
-
-
-@njit(inline="always", cache=True)
-def dots4(x4, row, acc):
-    """acc[m] = x4[m] . row for m = 0..len(x4)-1, the rows of x taken four at a time (x4 is padded
-    to a multiple of four rows)."""
-    for m in range(0, x4.shape[0], 4):
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for k in range(row.shape[0]):
-            w = row[k]
-            a0 += x4[m, k] * w
-            a1 += x4[m + 1, k] * w
-            a2 += x4[m + 2, k] * w
-            a3 += x4[m + 3, k] * w
-        acc[m], acc[m + 1], acc[m + 2], acc[m + 3] = a0, a1, a2, a3
-
+# Two weight rows times four input rows at a time: eight sums side by side, each weight and each
+# input value loaded once for all of them (x is padded with zero rows to a multiple of four).
 
 @njit(inline="always", cache=True)
 def padded4(x):
@@ -145,42 +117,78 @@ def padded4(x):
     return x4
 
 
+@njit(inline="always", cache=True)
+def put4(out, m, n, sums, scale, bias, gelu):
+    """out[m + i, n] = sums[i] * scale + bias for the rows of x that exist (not the padding)."""
+    for i in range(4):
+        if m + i < out.shape[0]:
+            out[m + i, n] = finish(sums[i] * scale + bias, gelu)
+
+
 @jit
 def matmul_f32(x, w, bias, out, gelu):
     """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) a few rows, w (N, K) float32."""
-    x4 = padded4(x)
-    for c in prange((w.shape[0] + CHUNK - 1) // CHUNK):
-        acc = np.empty(x4.shape[0], np.float32)
-        for n in range(c * CHUNK, min((c + 1) * CHUNK, w.shape[0])):
-            dots4(x4, w[n], acc)
-            for m in range(x.shape[0]):
-                out[m, n] = finish(acc[m] + bias[n], gelu)
+    x4, (n_out, n_in) = padded4(x), w.shape
+    for p in prange((n_out + 1) // 2):
+        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)  # an odd last row pairs with itself
+        for m in range(0, x4.shape[0], 4):
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            for k in range(n_in):
+                u, v = w[n0, k], w[n1, k]
+                a0 += x4[m, k] * u
+                a1 += x4[m + 1, k] * u
+                a2 += x4[m + 2, k] * u
+                a3 += x4[m + 3, k] * u
+                b0 += x4[m, k] * v
+                b1 += x4[m + 1, k] * v
+                b2 += x4[m + 2, k] * v
+                b3 += x4[m + 3, k] * v
+            put4(out, m, n0, (a0, a1, a2, a3), np.float32(1.0), bias[n0], gelu)
+            put4(out, m, n1, (b0, b1, b2, b3), np.float32(1.0), bias[n1], gelu)
 
 
 @jit
 def matmul_bf16(x, w, bias, out, gelu):
     """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) float32, w (N, K) bfloat16 bits."""
-    x4 = padded4(x)
-    for c in prange((w.shape[0] + CHUNK - 1) // CHUNK):
-        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
-        for n in range(c * CHUNK, min((c + 1) * CHUNK, w.shape[0])):
-            widen_bf16(w, n, row)
-            dots4(x4, row, acc)
-            for m in range(x.shape[0]):
-                out[m, n] = finish(acc[m] + bias[n], gelu)
+    x4, (n_out, n_in) = padded4(x), w.shape
+    for p in prange((n_out + 1) // 2):
+        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
+        for m in range(0, x4.shape[0], 4):
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            for k in range(n_in):
+                u, v = bf16(w[n0, k]), bf16(w[n1, k])
+                a0 += x4[m, k] * u
+                a1 += x4[m + 1, k] * u
+                a2 += x4[m + 2, k] * u
+                a3 += x4[m + 3, k] * u
+                b0 += x4[m, k] * v
+                b1 += x4[m + 1, k] * v
+                b2 += x4[m + 2, k] * v
+                b3 += x4[m + 3, k] * v
+            put4(out, m, n0, (a0, a1, a2, a3), np.float32(1.0), bias[n0], gelu)
+            put4(out, m, n1, (b0, b1, b2, b3), np.float32(1.0), bias[n1], gelu)
 
 
 @jit
 def matmul_int8(x, q, scale, bias, out, gelu):
     """out[m, n] = (x[m] . q[n]) * scale[n] + bias[n]: q (N, K) int8."""
-    x4 = padded4(x)
-    for c in prange((q.shape[0] + CHUNK - 1) // CHUNK):
-        row, acc = np.empty(x.shape[1], np.float32), np.empty(x4.shape[0], np.float32)
-        for n in range(c * CHUNK, min((c + 1) * CHUNK, q.shape[0])):
-            widen_int8(q, n, row)
-            dots4(x4, row, acc)
-            for m in range(x.shape[0]):
-                out[m, n] = finish(acc[m] * scale[n] + bias[n], gelu)
+    x4, (n_out, n_in) = padded4(x), q.shape
+    for p in prange((n_out + 1) // 2):
+        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
+        for m in range(0, x4.shape[0], 4):
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            for k in range(n_in):
+                u, v = np.float32(q[n0, k]), np.float32(q[n1, k])
+                a0 += x4[m, k] * u
+                a1 += x4[m + 1, k] * u
+                a2 += x4[m + 2, k] * u
+                a3 += x4[m + 3, k] * u
+                b0 += x4[m, k] * v
+                b1 += x4[m + 1, k] * v
+                b2 += x4[m + 2, k] * v
+                b3 += x4[m + 3, k] * v
+            put4(out, m, n0, (a0, a1, a2, a3), scale[n0], bias[n0], gelu)
+            put4(out, m, n1, (b0, b1, b2, b3), scale[n1], bias[n1], gelu)
 
 
 @jit
