@@ -120,6 +120,7 @@ class Linear(nn.Module):
         b = torch.zeros(out_features) if bias is None else bias.detach()
         self.register_buffer("bias", b.float() if b.device.type == "cpu" else b)
         self.arrays: tuple = ()
+        self._matvec, self._args = None, ()  # the one-row kernel and its fixed arguments, on first use
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
@@ -139,8 +140,10 @@ class Linear(nn.Module):
         kernels = x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name
         if kernels and len(x2) == 1:  # one token: a matrix-vector product
             out = torch.empty(1, self.out_features)
-            kernel = getattr(load_kernels(), "matvec_" + self.kernel_name)
-            kernel(x2[0].contiguous().numpy(), *self.arrays, self.bias.numpy(), out[0].numpy(), self.gelu)
+            if self._matvec is None:  # looked up once: a decode step makes ~50 of these calls
+                self._matvec = getattr(load_kernels(), "matvec_" + self.kernel_name)
+                self._args = (*self.arrays, self.bias.numpy())
+            self._matvec(x2[0].contiguous().numpy(), *self._args, out[0].numpy(), self.gelu)
         elif kernels and len(x2) <= KERNEL_ROWS:
             out = self.few_rows(x2)
         else:
