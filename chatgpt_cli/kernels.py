@@ -107,7 +107,9 @@ def matvec_int8(x, q, scale, bias, out, gelu):
 
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
-# input value loaded once for all of them (x is padded with zero rows to a multiple of four).
+# input value loaded once for all of them (x is padded with zero rows to a multiple of four). The
+# loop is written out once per form, each widening its weights in the loop: one shared loop over
+# rows widened first into float32 buffers measured 1.3-1.6x slower.
 
 @njit(inline="always", cache=True)
 def padded4(x):

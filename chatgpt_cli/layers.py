@@ -120,7 +120,8 @@ class Linear(nn.Module):
         b = torch.zeros(out_features) if bias is None else bias.detach()
         self.register_buffer("bias", b.float() if b.device.type == "cpu" else b)
         self.arrays: tuple = ()
-        self._matvec, self._args = None, ()  # the one-row kernel and its fixed arguments, on first use
+        self._kernels: dict = {}
+        self.bias_np = self.bias.numpy() if self.bias.device.type == "cpu" else None  # the kernels' view of it
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
@@ -128,11 +129,16 @@ class Linear(nn.Module):
     def prepare_batches(self) -> None:
         """Called before decoding ``-N`` samples together (a form may make a faster layout)."""
 
+    def kernel(self, kind: str):
+        """The form's ``matvec`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
+        if kind not in self._kernels:
+            self._kernels[kind] = getattr(load_kernels(), f"{kind}_{self.kernel_name}")
+        return self._kernels[kind]
+
     def few_rows(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
         out = torch.empty(len(x), self.out_features)
-        kernel = getattr(load_kernels(), "matmul_" + self.kernel_name)
-        kernel(x.contiguous().numpy(), *self.arrays, self.bias.numpy(), out.numpy(), self.gelu)
+        self.kernel("matmul")(x.contiguous().numpy(), *self.arrays, self.bias_np, out.numpy(), self.gelu)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,10 +146,7 @@ class Linear(nn.Module):
         kernels = x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name
         if kernels and len(x2) == 1:  # one token: a matrix-vector product
             out = torch.empty(1, self.out_features)
-            if self._matvec is None:  # looked up once: a decode step makes ~50 of these calls
-                self._matvec = getattr(load_kernels(), "matvec_" + self.kernel_name)
-                self._args = (*self.arrays, self.bias.numpy())
-            self._matvec(x2[0].contiguous().numpy(), *self._args, out[0].numpy(), self.gelu)
+            self.kernel("matvec")(x2[0].contiguous().numpy(), *self.arrays, self.bias_np, out[0].numpy(), self.gelu)
         elif kernels and len(x2) <= KERNEL_ROWS:
             out = self.few_rows(x2)
         else:
@@ -259,15 +262,16 @@ class FusedKVCache(KVCache):
         super().__init__(*args, **kwargs)
         self.kernel_name = "attend_f32" if self.k_cache.dtype == torch.float32 else "attend_bf16"
         self.arrays = (bits(self.k_cache), bits(self.v_cache))
+        self.kernel = None  # looked up on first use (12 calls a token in GPT-2 124M)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                last_only: bool = False) -> torch.Tensor:
         if q.shape[2] != 1 or q.dtype != torch.float32:
             return super().attend(q, k, v, input_pos, last_only)
         out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
-        getattr(load_kernels(), self.kernel_name)(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(),
-                                             v[:, :, 0].contiguous().numpy(), *self.arrays,
-                                             int(input_pos[0]), out.numpy())
+        self.kernel = self.kernel or getattr(load_kernels(), self.kernel_name)
+        self.kernel(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(), v[:, :, 0].contiguous().numpy(),
+                    *self.arrays, int(input_pos[0]), out.numpy())
         return out.view(q.shape)  # (B, nh, 1, hs)
 
     def narrow(self, keep: torch.Tensor) -> None:

@@ -244,18 +244,18 @@ def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: f
     With top-k, the k survivors (ids (rows, k), most likely first, and their weights); otherwise
     the whole vocabulary in id order (ids None). Temperature > 0 here.
     """
-    if 0 < top_k < min(logits.shape[-1], N_VOCAB):
-        x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]  # padded ids are never drawn
-        if torch.isfinite(x.amax(-1)).all():  # no NaN, no +inf (the usual case): pick the k before cleaning
+    x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]  # padded ids are never drawn
+    top = x.amax(-1, keepdim=True)
+    finite = bool(torch.isfinite(top).all())  # no NaN, no +inf: the usual case
+    if 0 < top_k < x.shape[-1]:
+        if finite:  # pick the k before cleaning: only k values go to float64
             kept, ids = torch.topk(x, top_k, dim=-1)
             kept = apply_temperature(clean_logits(kept), temperature)
         else:
             kept, ids = torch.topk(apply_temperature(clean_logits(logits), temperature), top_k, dim=-1)
         return ids, torch.exp(min_p_filter(top_p_filter(kept, top_p), min_p))
-    x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]
-    top = x.amax(-1, keepdim=True)
     plain = top_p >= 1 and min_p <= 0 and temperature >= 1e-30  # a temperature float32 holds (else float64)
-    if plain and torch.isfinite(top).all():  # plain temperature sampling: three passes
+    if plain and finite:  # plain temperature sampling: three passes
         return None, x.sub(top).div_(temperature).exp_()  # a new tensor, float32 (its sum is taken in float64)
     logits = apply_temperature(clean_logits(logits), temperature)  # the largest is 0: exp never overflows
     return None, torch.exp(min_p_filter(top_p_filter(logits, top_p), min_p))
