@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
-from chatgpt_cli.layers import prepare_batches
+from chatgpt_cli.layers import FusedKVCache, prepare_batches
 from chatgpt_cli.model import GPT
 from chatgpt_cli.sampling import SamplingOptions, adjust, draw, draw_rows, make_generator
 from chatgpt_cli.tokenizer import EOT, Tokenizer
@@ -34,6 +34,15 @@ def decode_one(model: GPT, token: int, pos: int) -> torch.Tensor:
     device = model.transformer.wte.weight.device
     idx = torch.tensor([[token]], dtype=torch.long, device=device)  # (1, 1)
     return model(idx, torch.tensor([pos], device=device))[0, -1]  # (vocab,)
+
+
+def cpu_decoder(model: GPT) -> Callable[[int, int], torch.Tensor] | None:
+    """The fused CPU decode step (fused.py) where the model's precision allows it, else None."""
+    if model.cache_class is not FusedKVCache:
+        return None  # fused.py (and numba) is not even imported
+    from chatgpt_cli.fused import FusedDecoder, fusable
+
+    return FusedDecoder(model) if fusable(model) else None
 
 
 def prompt_room(window: int, max_new_tokens: int) -> int:
@@ -78,7 +87,7 @@ class Engine:
         self.model.setup_cache(self.window, static=graph)
         self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
         self.decode: Callable[[int, int], torch.Tensor] = (
-            GraphDecoder(self.model) if graph else functools.partial(decode_one, self.model))
+            GraphDecoder(self.model) if graph else cpu_decoder(self.model) or functools.partial(decode_one, self.model))
         # a padded vocabulary (nanoGPT rounds it up to a multiple of 64) has rows no token is behind
         self.n_vocab = min(self.model.config.vocab_size, Tokenizer.n_vocab)
 

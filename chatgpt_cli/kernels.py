@@ -5,13 +5,16 @@ speed is how fast the weights stream from memory. Each product here is the plain
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
 sum). With several input rows, each weight is read from memory once for all of them, two weight
-rows by four input rows at a time. The weights come in three forms (int4 runs torch's own int4
-kernel, see layers.py):
+rows by four input rows at a time. Each kernel is written once for every form of stored weight
+(numba compiles one version per form; int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
   the bits 16 places up gives the float32;
-- int8 rows with one float32 scale per row: w[n, k] = q[n, k] * s[n].
+- int8 rows: w[n, k] = q[n, k] * s[n], one float32 scale per row (float rows pass scales of 1).
+
+``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
+bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, so only
 the first run on a machine compiles (a few seconds); the cache is set before numba is imported.
@@ -66,6 +69,28 @@ def bf16(bits):
     return _as_float32(np.uint32(bits) << np.uint32(16))
 
 
+def widen(value):
+    """One stored weight or cached value -> float32 (bfloat16 bits, int8 codes, float32)."""
+
+
+@extending.overload(widen, inline="always")
+def _widen(value):
+    if value == types.uint16:
+        return lambda value: bf16(value)
+    return lambda value: np.float32(value)
+
+
+def stored(value, like):
+    """A float32 -> the form of the array ``like`` (a bfloat16 or float32 cache)."""
+
+
+@extending.overload(stored, inline="always")
+def _stored(value, like):
+    if like.dtype == types.uint16:
+        return lambda value, like: to_bf16(value)
+    return lambda value, like: np.float32(value)
+
+
 @njit(inline="always", cache=True)
 def finish(y, gelu):
     """GPT-2's tanh GELU, applied to an output while it is still in a register."""
@@ -76,40 +101,18 @@ def finish(y, gelu):
 
 
 @jit
-def matvec_f32(x, w, bias, out, gelu):
-    """out[n] = x . w[n] + bias[n]: x (K,), w (N, K) float32."""
+def matvec(x, w, scale, bias, out, gelu):
+    """out[n] = (x . w[n]) * scale[n] + bias[n]: x (K,) float32, w (N, K) in any stored form."""
     for n in prange(w.shape[0]):
         acc = np.float32(0.0)
         for k in range(w.shape[1]):
-            acc += x[k] * w[n, k]
-        out[n] = finish(acc + bias[n], gelu)
-
-
-@jit
-def matvec_bf16(x, w, bias, out, gelu):
-    """out[n] = x . w[n] + bias[n]: x (K,) float32, w (N, K) bfloat16 bits."""
-    for n in prange(w.shape[0]):
-        acc = np.float32(0.0)
-        for k in range(w.shape[1]):
-            acc += x[k] * bf16(w[n, k])
-        out[n] = finish(acc + bias[n], gelu)
-
-
-@jit
-def matvec_int8(x, q, scale, bias, out, gelu):
-    """out[n] = (x . q[n]) * scale[n] + bias[n]: q (N, K) int8."""
-    for n in prange(q.shape[0]):
-        acc = np.float32(0.0)
-        for k in range(q.shape[1]):
-            acc += x[k] * q[n, k]
+            acc += x[k] * widen(w[n, k])
         out[n] = finish(acc * scale[n] + bias[n], gelu)
 
 
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
-# input value loaded once for all of them (x is padded with zero rows to a multiple of four). The
-# loop is written out once per form, each widening its weights in the loop: one shared loop over
-# rows widened first into float32 buffers measured 1.3-1.6x slower.
+# input value loaded once for all of them (x is padded with zero rows to a multiple of four).
 
 @njit(inline="always", cache=True)
 def padded4(x):
@@ -128,59 +131,15 @@ def put4(out, m, n, sums, scale, bias, gelu):
 
 
 @jit
-def matmul_f32(x, w, bias, out, gelu):
-    """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) a few rows, w (N, K) float32."""
+def matmul(x, w, scale, bias, out, gelu):
+    """out[m, n] = (x[m] . w[n]) * scale[n] + bias[n]: x (M, K) a few rows, w (N, K) any form."""
     x4, (n_out, n_in) = padded4(x), w.shape
     for p in prange((n_out + 1) // 2):
         n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)  # an odd last row pairs with itself
         for m in range(0, x4.shape[0], 4):
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
             for k in range(n_in):
-                u, v = w[n0, k], w[n1, k]
-                a0 += x4[m, k] * u
-                a1 += x4[m + 1, k] * u
-                a2 += x4[m + 2, k] * u
-                a3 += x4[m + 3, k] * u
-                b0 += x4[m, k] * v
-                b1 += x4[m + 1, k] * v
-                b2 += x4[m + 2, k] * v
-                b3 += x4[m + 3, k] * v
-            put4(out, m, n0, (a0, a1, a2, a3), np.float32(1.0), bias[n0], gelu)
-            put4(out, m, n1, (b0, b1, b2, b3), np.float32(1.0), bias[n1], gelu)
-
-
-@jit
-def matmul_bf16(x, w, bias, out, gelu):
-    """out[m, n] = x[m] . w[n] + bias[n]: x (M, K) float32, w (N, K) bfloat16 bits."""
-    x4, (n_out, n_in) = padded4(x), w.shape
-    for p in prange((n_out + 1) // 2):
-        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
-        for m in range(0, x4.shape[0], 4):
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for k in range(n_in):
-                u, v = bf16(w[n0, k]), bf16(w[n1, k])
-                a0 += x4[m, k] * u
-                a1 += x4[m + 1, k] * u
-                a2 += x4[m + 2, k] * u
-                a3 += x4[m + 3, k] * u
-                b0 += x4[m, k] * v
-                b1 += x4[m + 1, k] * v
-                b2 += x4[m + 2, k] * v
-                b3 += x4[m + 3, k] * v
-            put4(out, m, n0, (a0, a1, a2, a3), np.float32(1.0), bias[n0], gelu)
-            put4(out, m, n1, (b0, b1, b2, b3), np.float32(1.0), bias[n1], gelu)
-
-
-@jit
-def matmul_int8(x, q, scale, bias, out, gelu):
-    """out[m, n] = (x[m] . q[n]) * scale[n] + bias[n]: q (N, K) int8."""
-    x4, (n_out, n_in) = padded4(x), q.shape
-    for p in prange((n_out + 1) // 2):
-        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
-        for m in range(0, x4.shape[0], 4):
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for k in range(n_in):
-                u, v = np.float32(q[n0, k]), np.float32(q[n1, k])
+                u, v = widen(w[n0, k]), widen(w[n1, k])
                 a0 += x4[m, k] * u
                 a1 += x4[m + 1, k] * u
                 a2 += x4[m + 2, k] * u
@@ -194,51 +153,29 @@ def matmul_int8(x, q, scale, bias, out, gelu):
 
 
 @jit
-def attend_f32(q, k_new, v_new, k_cache, v_cache, pos, out):
+def attend(q, k_new, v_new, k_cache, v_cache, pos, out):
     """One new token's attention; its key and value are first written at ``pos`` in the cache.
 
-    q, k_new, v_new, out (B, nh, hs); k_cache, v_cache (B, nh, max_len, hs) float32. Per row and
-    head: out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
+    q, k_new, v_new, out (B, nh, hs) float32; k_cache, v_cache (B, nh, max_len, hs), float32 or
+    bfloat16 bits (half the bytes to read per token). Per row and head:
+    out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
     """
     rows, n_head, hs = q.shape
     for bh in prange(rows * n_head):
         b, h = bh // n_head, bh % n_head
-        k_cache[b, h, pos] = k_new[b, h]
-        v_cache[b, h, pos] = v_new[b, h]
+        for d in range(hs):
+            k_cache[b, h, pos, d] = stored(k_new[b, h, d], k_cache)
+            v_cache[b, h, pos, d] = stored(v_new[b, h, d], v_cache)
         scores = np.empty(pos + 1, dtype=np.float32)
         for t in range(pos + 1):
             acc = np.float32(0.0)
             for d in range(hs):
-                acc += q[b, h, d] * k_cache[b, h, t, d]
+                acc += q[b, h, d] * widen(k_cache[b, h, t, d])
             scores[t] = acc / np.float32(math.sqrt(hs))
         weights = np.exp(scores - scores.max())  # a stable softmax
         weights /= weights.sum()
         acc_v = np.zeros(hs, dtype=np.float32)
         for t in range(pos + 1):
             for d in range(hs):
-                acc_v[d] += weights[t] * v_cache[b, h, t, d]
-        out[b, h] = acc_v
-
-
-@jit
-def attend_bf16(q, k_new, v_new, k_cache, v_cache, pos, out):
-    """``attend_f32`` with a bfloat16 cache (its bits, uint16): half the bytes to read per token."""
-    rows, n_head, hs = q.shape
-    for bh in prange(rows * n_head):
-        b, h = bh // n_head, bh % n_head
-        for d in range(hs):
-            k_cache[b, h, pos, d] = to_bf16(k_new[b, h, d])
-            v_cache[b, h, pos, d] = to_bf16(v_new[b, h, d])
-        scores = np.empty(pos + 1, dtype=np.float32)
-        for t in range(pos + 1):
-            acc = np.float32(0.0)
-            for d in range(hs):
-                acc += q[b, h, d] * bf16(k_cache[b, h, t, d])
-            scores[t] = acc / np.float32(math.sqrt(hs))
-        weights = np.exp(scores - scores.max())
-        weights /= weights.sum()
-        acc_v = np.zeros(hs, dtype=np.float32)
-        for t in range(pos + 1):
-            for d in range(hs):
-                acc_v[d] += weights[t] * bf16(v_cache[b, h, t, d])
+                acc_v[d] += weights[t] * widen(v_cache[b, h, t, d])
         out[b, h] = acc_v

@@ -106,10 +106,11 @@ def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, offset: torch.T
 class Linear(nn.Module):
     """y = x W^T + b, then GPT-2's tanh GELU if ``gelu``, with W (out, in) stored in some form.
 
-    On the CPU, one row of x (a decode step) runs the form's matrix-vector kernel
-    (``matvec_<kernel_name>`` over ``arrays``) and up to ``KERNEL_ROWS`` rows (a step of ``-N``
-    samples) ``few_rows``, by default its few-rows kernel, which reads each weight once for all
-    rows; more rows (a prompt), or another device, multiply by ``dense()``, the weight widened for torch.
+    On the CPU, one row of x (a decode step) runs the matrix-vector kernel (``kernels.matvec``
+    over ``arrays``: the stored weight and a scale per row) and up to ``KERNEL_ROWS`` rows (a step
+    of ``-N`` samples) ``few_rows``, by default the few-rows kernel, which reads each weight once
+    for all rows; more rows (a prompt), or another device, multiply by ``dense()``, the weight
+    widened for torch. ``kernel_name`` names the form ("" where the form has no numba kernel).
     """
 
     kernel_name = ""
@@ -130,10 +131,14 @@ class Linear(nn.Module):
         """Called before decoding ``-N`` samples together (a form may make a faster layout)."""
 
     def kernel(self, kind: str):
-        """The form's ``matvec`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
+        """The ``matvec`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
         if kind not in self._kernels:
-            self._kernels[kind] = getattr(load_kernels(), f"{kind}_{self.kernel_name}")
+            self._kernels[kind] = getattr(load_kernels(), kind)
         return self._kernels[kind]
+
+    def product_arrays(self) -> tuple:
+        """(weight, scale, bias) as the kernels take them."""
+        return (*self.arrays, self.bias_np)
 
     def few_rows(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
@@ -162,7 +167,7 @@ class Float32Linear(Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
         self.register_buffer("weight", weight.float().contiguous())
-        self.arrays = (bits(self.weight),)
+        self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         return self.weight  # float32 stays float32, for exact prefills
@@ -174,7 +179,7 @@ class BFloat16Linear(Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
         self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
-        self.arrays = (bits(self.weight),)
+        self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
         self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, for -N
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
@@ -255,12 +260,11 @@ class Int4Linear(Linear):
 
 
 class FusedKVCache(KVCache):
-    """A KV cache whose one-token attention is a single kernel (kernels.attend_*) that writes the
+    """A KV cache whose one-token attention is a single kernel (kernels.attend) that writes the
     new key and value and attends over the cache; prompts go through torch as usual."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.kernel_name = "attend_f32" if self.k_cache.dtype == torch.float32 else "attend_bf16"
         self.arrays = (bits(self.k_cache), bits(self.v_cache))
         self.kernel = None  # looked up on first use (12 calls a token in GPT-2 124M)
 
@@ -269,7 +273,7 @@ class FusedKVCache(KVCache):
         if q.shape[2] != 1 or q.dtype != torch.float32:
             return super().attend(q, k, v, input_pos, last_only)
         out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
-        self.kernel = self.kernel or getattr(load_kernels(), self.kernel_name)
+        self.kernel = self.kernel or load_kernels().attend
         self.kernel(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(), v[:, :, 0].contiguous().numpy(),
                     *self.arrays, int(input_pos[0]), out.numpy())
         return out.view(q.shape)  # (B, nh, 1, hs)

@@ -167,10 +167,21 @@ def auto_dtype(stored: torch.dtype, device: torch.device) -> str:
 def warm_up() -> None:
     """Run every kernel once on tiny inputs: compiled on a machine's first run (a few seconds),
     loaded from numba's disk cache after that."""
+    from chatgpt_cli.fused import FusedDecoder, fusable
+    from chatgpt_cli.model import GPTConfig, init_weights
+
     with torch.inference_mode():
         for kind in (Float32Linear, BFloat16Linear, Int8Linear, Int4Linear):
             for gelu in (False, True):
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(1, GROUP))
+                kind(torch.randn(4, GROUP), None, gelu)(torch.randn(3, GROUP))
         for dtype in (torch.float32, torch.bfloat16):
             q = torch.randn(1, 1, 1, 4)
             FusedKVCache(1, 1, 2, 4, dtype).attend(q, q, q, torch.tensor([0]))
+        for dtype in ("float32", "bfloat16", "int8"):  # the fused decode step of each form
+            scheme = choose_scheme(dtype, torch.float32, torch.device("cpu"))
+            model = init_weights(GPT(GPTConfig(vocab_size=64, n_positions=4, n_embd=GROUP, n_layer=1, n_head=2)))
+            model = scheme.apply(model.to(scheme.storage))
+            model.setup_cache(4)
+            if fusable(model):
+                FusedDecoder(model)(1, 0)

@@ -1,0 +1,114 @@
+"""The decode step on a CPU in one numba call per block: no torch op between the products.
+
+One GPT-2 token is ~50 matrix-vector products, 12 attentions and a few dozen small operations
+(layer norms, residual adds, reshapes). Run as torch ops from Python, the small ones cost more
+than a third of the step on a fast CPU. Here each block's whole step is one compiled function over
+the arrays the layers already hold (layers.py), in the model's order:
+
+    x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))      then   logits = lm_head(ln_f(x))
+
+It computes what ``GPT.forward`` computes for one token (a test holds them together), and is used
+when every product of the model is one of the numba forms (float32, bfloat16, int8) and the cache
+is the fused one; otherwise decode runs the model's forward (generate.decode_one).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+from chatgpt_cli.kernels import attend, matvec, widen
+from chatgpt_cli.layers import FusedKVCache, Linear, bits
+from chatgpt_cli.model import GPT
+
+step = njit(fastmath=True, cache=True)
+
+
+@step
+def layer_norm(x, weight, bias, eps):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the n_embd values of x (float64 sums)."""
+    mean = np.float32(x.astype(np.float64).mean())
+    centred = x - mean
+    var = (centred.astype(np.float64) ** 2).mean()
+    return centred * np.float32(1.0 / np.sqrt(var + eps)) * weight + bias
+
+
+@step
+def embed(wte, wpe, token, pos):
+    """The token's embedding plus its position's: the residual stream x (n_embd,) float32."""
+    x = np.empty(wpe.shape[1], np.float32)
+    for i in range(x.shape[0]):
+        x[i] = widen(wte[token, i]) + wpe[pos, i]
+    return x
+
+
+@step
+def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cache, pos, eps):
+    """One block for one token at position ``pos``, x (n_embd,) updated in place.
+
+    Each product is (weight, scale, bias) as kernels.matvec takes it; ln_* are (weight, bias);
+    k_cache, v_cache (1, nh, max_len, hs) the block's cache, which gets this token's key and value.
+    """
+    C, n_head, hs = x.shape[0], k_cache.shape[1], k_cache.shape[3]
+    qkv = np.empty(3 * C, np.float32)
+    matvec(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
+    q = qkv[:C].reshape((1, n_head, hs))  # (1, nh, hs)
+    k = qkv[C:2 * C].reshape((1, n_head, hs))  # (1, nh, hs)
+    v = qkv[2 * C:].reshape((1, n_head, hs))  # (1, nh, hs)
+    y = np.empty((1, n_head, hs), np.float32)
+    attend(q, k, v, k_cache, v_cache, pos, y)  # (1, nh, hs)
+    a = np.empty(C, np.float32)
+    matvec(y.reshape(C), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
+    x += a
+    hidden = np.empty(c_fc[0].shape[0], np.float32)
+    matvec(layer_norm(x, ln_2[0], ln_2[1], eps), c_fc[0], c_fc[1], c_fc[2], hidden, True)  # with the GELU
+    m = np.empty(C, np.float32)
+    matvec(hidden, mlp_proj[0], mlp_proj[1], mlp_proj[2], m, False)
+    x += m
+
+
+@step
+def head_step(x, ln_f, head, eps, logits):
+    """The final layer norm and the unembedding: logits (vocab,) of the residual stream x."""
+    matvec(layer_norm(x, ln_f[0], ln_f[1], eps), head[0], head[1], head[2], logits, False)
+
+
+def layer_norm_arrays(ln: torch.nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:
+    return ln.weight.detach().numpy(), ln.bias.detach().numpy()
+
+
+def fusable(model: GPT) -> bool:
+    """Whether every product is a numba form, the cache the fused one, the rest float32 on the CPU."""
+    t = model.transformer
+    linears = [getattr(parent, name) for parent, name in model.linear_layers()] + [model.lm_head]
+    norms = [t.ln_f, *(ln for block in t.h for ln in (block.ln_1, block.ln_2))]
+    return (t.wte.weight.device.type == "cpu" and model.cache_class is FusedKVCache
+            and all(isinstance(m, Linear) and m.arrays for m in linears)
+            and all(block.mlp.c_fc.gelu and not block.mlp.c_proj.gelu and not block.attn.c_attn.gelu
+                    and not block.attn.c_proj.gelu for block in t.h)
+            and all(ln.weight.dtype == torch.float32 for ln in norms) and t.wpe.weight.dtype == torch.float32
+            and t.wte.weight.dtype in (torch.float32, torch.bfloat16))
+
+
+class FusedDecoder:
+    """``decoder(token, pos)`` -> next-token logits (vocab,), like ``generate.decode_one``, over the
+    caches the model's blocks hold at the time of the call."""
+
+    def __init__(self, model: GPT) -> None:
+        t = model.transformer
+        self.model, self.eps = model, model.config.layer_norm_epsilon
+        self.wte, self.wpe = bits(t.wte.weight.detach()), t.wpe.weight.detach().numpy()
+        self.blocks = [(layer_norm_arrays(b.ln_1), b.attn.c_attn.product_arrays(), b.attn.c_proj.product_arrays(),
+                        layer_norm_arrays(b.ln_2), b.mlp.c_fc.product_arrays(), b.mlp.c_proj.product_arrays())
+                       for b in t.h]
+        self.ln_f, self.head = layer_norm_arrays(t.ln_f), model.lm_head.product_arrays()
+        self.vocab = model.lm_head.out_features
+
+    def __call__(self, token: int, pos: int) -> torch.Tensor:
+        x = embed(self.wte, self.wpe, token, pos)  # (n_embd,)
+        for arrays, block in zip(self.blocks, self.model.transformer.h, strict=True):
+            block_step(x, *arrays, *block.attn.kv_cache.arrays, pos, self.eps)
+        logits = torch.empty(self.vocab)
+        head_step(x, self.ln_f, self.head, self.eps, logits.numpy())
+        return logits
