@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from chatgpt_cli.kernels import attend, matvec, widen
+from chatgpt_cli.kernels import attend, product, widen
 from chatgpt_cli.layers import FusedKVCache, Linear, bits
 from chatgpt_cli.model import GPT
 
@@ -47,31 +47,31 @@ def embed(wte, wpe, token, pos):
 def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cache, pos, eps):
     """One block for one token at position ``pos``, x (n_embd,) updated in place.
 
-    Each product is (weight, scale, bias) as kernels.matvec takes it; ln_* are (weight, bias);
+    Each product is (weight, scale, bias) as kernels.product takes it; ln_* are (weight, bias);
     k_cache, v_cache (1, nh, max_len, hs) the block's cache, which gets this token's key and value.
     """
     C, n_head, hs = x.shape[0], k_cache.shape[1], k_cache.shape[3]
     qkv = np.empty(3 * C, np.float32)
-    matvec(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
+    product(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
     q = qkv[:C].reshape((1, n_head, hs))  # (1, nh, hs)
     k = qkv[C:2 * C].reshape((1, n_head, hs))  # (1, nh, hs)
     v = qkv[2 * C:].reshape((1, n_head, hs))  # (1, nh, hs)
     y = np.empty((1, n_head, hs), np.float32)
     attend(q, k, v, k_cache, v_cache, pos, y)  # (1, nh, hs)
     a = np.empty(C, np.float32)
-    matvec(y.reshape(C), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
+    product(y.reshape(C), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
     x += a
     hidden = np.empty(c_fc[0].shape[0], np.float32)
-    matvec(layer_norm(x, ln_2[0], ln_2[1], eps), c_fc[0], c_fc[1], c_fc[2], hidden, True)  # with the GELU
+    product(layer_norm(x, ln_2[0], ln_2[1], eps), c_fc[0], c_fc[1], c_fc[2], hidden, True)  # with the GELU
     m = np.empty(C, np.float32)
-    matvec(hidden, mlp_proj[0], mlp_proj[1], mlp_proj[2], m, False)
+    product(hidden, mlp_proj[0], mlp_proj[1], mlp_proj[2], m, False)
     x += m
 
 
 @step
 def head_step(x, ln_f, head, eps, logits):
     """The final layer norm and the unembedding: logits (vocab,) of the residual stream x."""
-    matvec(layer_norm(x, ln_f[0], ln_f[1], eps), head[0], head[1], head[2], logits, False)
+    product(layer_norm(x, ln_f[0], ln_f[1], eps), head[0], head[1], head[2], logits, False)
 
 
 def layer_norm_arrays(ln: torch.nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:

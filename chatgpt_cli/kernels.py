@@ -11,7 +11,8 @@ rows by four input rows at a time. Each kernel is written once for every form of
 - float32 rows;
 - bfloat16 rows, as their 16 bits (uint16): a bfloat16 is the top half of a float32, so shifting
   the bits 16 places up gives the float32;
-- int8 rows: w[n, k] = q[n, k] * s[n], one float32 scale per row (float rows pass scales of 1).
+- int8 rows: w[n, k] = q[n, k] * s[n], one float32 scale per row (float rows pass scales of 1);
+  one row of input is then quantized to int16 and multiplied in integers (``matvec_int8``).
 
 ``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
@@ -91,6 +92,24 @@ def _stored(value, like):
     return lambda value, like: np.float32(value)
 
 
+@extending.intrinsic
+def _int32(typingctx, value):
+    """``value`` as a 32-bit integer (numba's own integer arithmetic would widen to 64 bits)."""
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], types.int32)
+    return types.int32(value), codegen
+
+
+@extending.intrinsic
+def _multiply_add(typingctx, acc, a, b):
+    """acc + a * b in 32-bit integers, a int16 and b int8: a loop of these vectorizes into the
+    CPU's 16-bit integer dot-product instructions (vpmaddwd; vpdpwssd with AVX-512 VNNI)."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        return builder.add(args[0], builder.mul(builder.sext(args[1], i32), builder.sext(args[2], i32)))
+    return types.int32(types.int32, types.int16, types.int8), codegen
+
+
 @njit(inline="always", cache=True)
 def finish(y, gelu):
     """GPT-2's tanh GELU, applied to an output while it is still in a register."""
@@ -108,6 +127,43 @@ def matvec(x, w, scale, bias, out, gelu):
         for k in range(w.shape[1]):
             acc += x[k] * widen(w[n, k])
         out[n] = finish(acc * scale[n] + bias[n], gelu)
+
+
+@njit(inline="always", cache=True)
+def quantize16(x, n_in):
+    """x (K,) float32 -> int16 codes and their scale, x ~ codes * scale. The codes stay small enough
+    (|code| <= (2^31 - 1) / (127 n_in)) that a sum of n_in code times int8 products fits 32 bits:
+    15 bits of the vector's largest value for n_in = 768, 12 for 3072 (int8 weights have 8)."""
+    limit = min(32767, (2**31 - 1) // (127 * n_in))
+    top = np.float32(np.abs(x).max())
+    scale = top / np.float32(limit) if top > 0 else np.float32(1.0)
+    codes = np.empty(x.shape[0], np.int16)
+    for k in range(x.shape[0]):
+        codes[k] = np.int16(round(x[k] / scale))
+    return codes, scale
+
+
+@jit
+def matvec_int8(x, q, scale, bias, out, gelu):
+    """``matvec`` for int8 weights, in integers: x is quantized to int16 (``quantize16``), each
+    row's dot product summed exactly in 32 bits, then scaled back: (xq . q[n]) * xs * scale[n]."""
+    xq, xs = quantize16(x, q.shape[1])
+    for n in prange(q.shape[0]):
+        acc = _int32(0)
+        for k in range(q.shape[1]):
+            acc = _multiply_add(acc, xq[k], q[n, k])
+        out[n] = finish(np.float32(acc) * (xs * scale[n]) + bias[n], gelu)
+
+
+def product(x, w, scale, bias, out, gelu):
+    """out = x W^T * scale + bias for one row x, in the form's kernel (``matvec_int8`` for int8)."""
+
+
+@extending.overload(product, inline="always")
+def _product(x, w, scale, bias, out, gelu):
+    if w.dtype == types.int8:
+        return lambda x, w, scale, bias, out, gelu: matvec_int8(x, w, scale, bias, out, gelu)
+    return lambda x, w, scale, bias, out, gelu: matvec(x, w, scale, bias, out, gelu)
 
 
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------

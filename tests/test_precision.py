@@ -4,6 +4,7 @@ quality of each precision is bounded by its loss on a text against float32."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,18 +201,35 @@ def test_auto_runs_bfloat16_where_the_cpu_has_it(monkeypatch):
 
 @pytest.fixture(scope="module")
 def bundled_logits() -> dict[str, torch.Tensor]:
-    """The bundled model's logits (T, vocab) on a chat text, in each precision (one forward each)."""
-    ids = torch.tensor([Tokenizer().encode(CHAT)])
+    """The bundled model's logits (T, vocab) on a chat text, in each precision: "<dtype>" from one
+    forward over the whole text (the prompt's path), "<dtype> decode" a token at a time through
+    the KV cache (the path generated tokens take: on the CPU the fused kernels)."""
+    ids = Tokenizer().encode(CHAT)
+    logits = {"ids": torch.tensor(ids)}
     with torch.inference_mode():
-        return {d: load_model(shipped("weights"), dtype=d).model(ids)[0].float() for d in
-                ("float32", "auto", "int8", "int4")} | {"ids": ids[0]}
+        for d in ("float32", "auto", "int8", "int4"):
+            model = load_model(shipped("weights"), dtype=d).model
+            logits[d] = model(torch.tensor([ids]))[0].float()
+            logits[f"{d} decode"] = teacher_forced_decode(model, ids)
+    return logits
 
 
-def test_quality_of_each_precision_on_the_bundled_model(bundled_logits):
-    """Loss on a chat text against float32 (nats/token): auto within 0.01, int8 within 0.02,
-    int4 within 0.06 (measured on twice this text: bfloat16 +0.002, int8 +0.0005, int4 +0.030)."""
+def teacher_forced_decode(model, ids: list[int]) -> torch.Tensor:
+    """The next-token logits (T, vocab) after each token of ids, fed one at a time."""
+    engine = Engine(model)
+    rows = [prefill(model, ids[:1], 0)]
+    rows += [engine.decode(token, pos) for pos, token in enumerate(ids[1:], start=1)]
+    return torch.stack(rows).float()
+
+
+@pytest.mark.parametrize("path", ["", " decode"])
+def test_quality_of_each_precision_on_the_bundled_model(bundled_logits, path):
+    """Loss on a chat text against float32 (nats/token), over the whole text at once and a token at
+    a time: auto within 0.01, int8 within 0.02, int4 within 0.06 (benchmarks/precision_quality.py
+    measures them)."""
     targets = bundled_logits["ids"][1:]
-    loss = {d: F.cross_entropy(bundled_logits[d][:-1], targets).item() for d in ("float32", "auto", "int8", "int4")}
+    loss = {d: F.cross_entropy(bundled_logits[d + path][:-1], targets).item()
+            for d in ("float32", "auto", "int8", "int4")}
     full = loss["float32"]
     assert full < 3.0
     assert abs(loss["auto"] - full) < 0.01
@@ -221,9 +239,16 @@ def test_quality_of_each_precision_on_the_bundled_model(bundled_logits):
         assert load_model(shipped("weights")).precision == "bfloat16"
 
 
-def test_int8_top1_matches_float32(bundled_logits):
+def test_decoding_a_token_at_a_time_computes_what_the_whole_text_does(bundled_logits):
+    """float32 decode (the fused step) equals the full forward's logits at every position."""
+    torch.testing.assert_close(bundled_logits["float32 decode"][:-1], bundled_logits["float32"][:-1],
+                               atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("path", ["", " decode"])
+def test_int8_top1_matches_float32(bundled_logits, path):
     """Teacher-forced, the most likely next token is float32's at >= 98% of positions."""
-    agree = bundled_logits["int8"].argmax(-1) == bundled_logits["float32"].argmax(-1)
+    agree = bundled_logits["int8" + path][:-1].argmax(-1) == bundled_logits["float32"][:-1].argmax(-1)
     assert agree.float().mean() >= 0.98
 
 
@@ -253,3 +278,21 @@ def test_the_blocked_bfloat16_copy_is_made_for_batches_only(tiny_dir):
     assert layers and all(m.packed is None for m in layers)
     list(engine.generate_batch([1, 2, 3], 3, SamplingOptions(temperature=0), 2))
     assert all((m.packed is not None) == native_bf16(torch.device("cpu")) for m in layers)
+
+
+@pytest.mark.parametrize("n_in", [32, 768, 3072, 6400])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_int8_integer_dot_products_never_overflow(n_in, sign):
+    """The worst case of matvec_int8's 32-bit sums: every weight at +-127, every input at the
+    vector's largest value; the result is still the exact product."""
+    k = load_kernels()
+    q = np.full((3, n_in), 127 * sign, np.int8)
+    x = np.full(n_in, 1e3, np.float32)
+    x[::7] = -1e3  # mixed signs, but the largest magnitude everywhere
+    scale, bias, out = np.full(3, 0.5, np.float32), np.zeros(3, np.float32), np.empty(3, np.float32)
+    k.matvec_int8(x, q, scale, bias, out, False)
+    want = (x.astype(np.float64) @ q.T.astype(np.float64)) * 0.5
+    np.testing.assert_allclose(out, want, rtol=1e-4)
+    x[:] = 1e3  # all one sign: the largest sum there is
+    k.matvec_int8(x, q, scale, bias, out, False)
+    np.testing.assert_allclose(out, np.full(3, sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
