@@ -14,15 +14,20 @@ rows by four input rows at a time. Each kernel is written once for every form of
 - int8 rows: w[n, k] = q[n, k] * s[n], one float32 scale per row (float rows pass scales of 1);
   one row of input is then quantized to int16 and multiplied in integers (``matvec_int8``).
 
+On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instruction
+(``matvec_bf16``); ``product`` picks each form's fastest kernel.
+
 ``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
-Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, so only
-the first run on a machine compiles (a few seconds); the cache is set before numba is imported.
+Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
+folder named by a hash of this file and fused.py, so only the first run on a machine (or of a new
+version) compiles (a few seconds); the cache is set before numba is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -30,12 +35,24 @@ from pathlib import Path
 CACHE_DIR = os.environ.setdefault(
     "NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgpt-cli" / "numba"))
 
+import llvmlite.binding  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 
-numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before this module
+
+def _source_hash() -> str:
+    """A hash of the kernels' source: numba checks only the file a cached function is in, so code
+    compiled against an older version of a kernel it calls would otherwise still be loaded."""
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("kernels.py", "fused.py"))).hexdigest()[:16]
+
+
+numba.config.CACHE_DIR = str(Path(CACHE_DIR) / _source_hash())  # also when numba was imported before this module
+# AVX-512 BF16: one instruction multiplies 32 bfloat16 pairs and adds them into 16 float32 sums
+BF16_DOT = "+avx512bf16" in llvmlite.binding.get_host_cpu_features().flatten()
 
 GELU_C = math.sqrt(2.0 / math.pi)
 jit = njit(parallel=True, fastmath=True, cache=True)
@@ -155,15 +172,80 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         out[n] = finish(np.float32(acc) * (xs * scale[n]) + bias[n], gelu)
 
 
+class _BFloat(ir.Type):
+    """LLVM's bfloat type (llvmlite has no name for it)."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _BFloat)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+@extending.intrinsic
+def _dot_bf16(typingctx, w, n, xb):
+    """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
+    dot-product instruction (vdpbf16ps): 32 products a step into 16 float32 sums, added up at the
+    end. The weights go from memory into the instruction with nothing to widen them first."""
+    def codegen(context, builder, signature, args):
+        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        n_in = builder.extract_value(w_arr.shape, 1)
+        row = builder.gep(w_arr.data, [builder.mul(args[1], n_in)])
+        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        bits = ir.VectorType(ir.IntType(16), 32).as_pointer()
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
+        with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
+            at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
+            a = builder.bitcast(builder.load(builder.bitcast(builder.gep(row, [at]), bits), align=2), pairs)
+            b = builder.bitcast(builder.load(builder.bitcast(builder.gep(x_arr.data, [at]), bits), align=2), pairs)
+            builder.store(builder.call(dot, [builder.load(acc), a, b]), acc)
+        v, width = builder.load(acc), 16
+        while width > 1:  # the 16 sums added pairwise: 8, 4, 2, 1
+            width //= 2
+            lanes = ir.VectorType(ir.IntType(32), width)
+            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
+                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+    return types.float32(w, n, xb), codegen
+
+
+@jit
+def matvec_bf16(x, w, scale, bias, out, gelu):
+    """``matvec`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, each
+    row's dot product in the CPU's bfloat16 dot-product instruction (``_dot_bf16``)."""
+    if w.shape[1] % 32:
+        matvec(x, w, scale, bias, out, gelu)
+        return
+    xb = np.empty(x.shape[0], np.uint16)
+    for k in range(x.shape[0]):
+        xb[k] = to_bf16(x[k])
+    for n in prange(w.shape[0]):
+        out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
+
+
 def product(x, w, scale, bias, out, gelu):
-    """out = x W^T * scale + bias for one row x, in the form's kernel (``matvec_int8`` for int8)."""
+    """out = x W^T * scale + bias for one row x, in the form's fastest kernel here."""
 
 
 @extending.overload(product, inline="always")
 def _product(x, w, scale, bias, out, gelu):
     if w.dtype == types.int8:
         return lambda x, w, scale, bias, out, gelu: matvec_int8(x, w, scale, bias, out, gelu)
+    if w.dtype == types.uint16 and BF16_DOT:
+        return lambda x, w, scale, bias, out, gelu: matvec_bf16(x, w, scale, bias, out, gelu)
     return lambda x, w, scale, bias, out, gelu: matvec(x, w, scale, bias, out, gelu)
+
+
+@njit(fastmath=True, cache=True)
+def one_row(x, w, scale, bias, out, gelu):
+    """``product``, called from Python (layers.py)."""
+    product(x, w, scale, bias, out, gelu)
 
 
 # --- a few rows at once (-N samples decoded together) ---------------------------------------------

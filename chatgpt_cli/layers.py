@@ -106,7 +106,7 @@ def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, offset: torch.T
 class Linear(nn.Module):
     """y = x W^T + b, then GPT-2's tanh GELU if ``gelu``, with W (out, in) stored in some form.
 
-    On the CPU, one row of x (a decode step) runs the matrix-vector kernel (``kernels.matvec``
+    On the CPU, one row of x (a decode step) runs the form's matrix-vector kernel (``kernels.product``
     over ``arrays``: the stored weight and a scale per row) and up to ``KERNEL_ROWS`` rows (a step
     of ``-N`` samples) ``few_rows``, by default the few-rows kernel, which reads each weight once
     for all rows; more rows (a prompt), or another device, multiply by ``dense()``, the weight
@@ -114,7 +114,6 @@ class Linear(nn.Module):
     """
 
     kernel_name = ""
-    one_row = "matvec"  # the kernel for one row
 
     def __init__(self, out_features: int, bias: torch.Tensor | None, gelu: bool) -> None:
         super().__init__()
@@ -152,7 +151,7 @@ class Linear(nn.Module):
         kernels = x2.dtype == torch.float32 and x2.device.type == "cpu" and self.kernel_name
         if kernels and len(x2) == 1:  # one token: a matrix-vector product
             out = torch.empty(1, self.out_features)
-            self.kernel(self.one_row)(x2[0].contiguous().numpy(), *self.arrays, self.bias_np, out[0].numpy(), self.gelu)
+            self.kernel("one_row")(x2[0].contiguous().numpy(), *self.arrays, self.bias_np, out[0].numpy(), self.gelu)
         elif kernels and len(x2) <= KERNEL_ROWS:
             out = self.few_rows(x2)
         else:
@@ -205,7 +204,6 @@ class Int8Linear(Linear):
     """w[n] ~ q[n] * s[n]: int8 codes q (out, in), a float32 scale s per row."""
 
     kernel_name = "int8"
-    one_row = "matvec_int8"  # int16 activations, integer dot products
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)

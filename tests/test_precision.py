@@ -17,6 +17,7 @@ from chatgpt_cli.layers import (
     FusedKVCache,
     Int4Linear,
     Int8Linear,
+    bits,
     dequantize_groups,
     load_kernels,
     native_bf16,
@@ -102,7 +103,8 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
         got = layer(x)
         assert got.shape == (1, rows, shape[0]) and got.dtype == torch.float32
         kernel = (rows == 1 or (rows <= KERNEL_ROWS and not onednn)) and kind is not Int4Linear
-        tol = 1e-4 if kernel or kind is Float32Linear else 2e-2  # torch, oneDNN, torch's int4 in bfloat16
+        bf16_dot = rows == 1 and kind is BFloat16Linear and load_kernels().BF16_DOT  # x rounded to bfloat16
+        tol = 1e-4 if (kernel and not bf16_dot) or kind is Float32Linear else 2e-2  # else bfloat16 inputs
         torch.testing.assert_close(got, want, atol=tol * 10, rtol=tol)
     assert (layer.packed is not None) == onednn if kind is BFloat16Linear else True  # made on first use
 
@@ -296,3 +298,19 @@ def test_int8_integer_dot_products_never_overflow(n_in, sign):
     x[:] = 1e3  # all one sign: the largest sum there is
     k.matvec_int8(x, q, scale, bias, out, False)
     np.testing.assert_allclose(out, np.full(3, sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_in", [32, 768, 40])
+def test_the_bfloat16_dot_product_kernel(n_in):
+    """matvec_bf16 (AVX-512 BF16 where the CPU has it) is the exact product of the bfloat16 weights
+    with the input rounded to bfloat16, summed in float32; an input not a multiple of 32 long takes
+    the plain kernel."""
+    k = load_kernels()
+    torch.manual_seed(n_in)
+    w, x = torch.randn(50, n_in).to(torch.bfloat16), torch.randn(n_in)
+    scale, bias = np.full(50, 2.0, np.float32), np.random.default_rng(0).normal(size=50).astype(np.float32)
+    out = np.empty(50, np.float32)
+    k.matvec_bf16(x.numpy(), bits(w), scale, bias, out, False)
+    rounded = x.to(torch.bfloat16) if k.BF16_DOT and n_in % 32 == 0 else x
+    want = (rounded.double() @ w.double().t()) * 2 + torch.from_numpy(bias).double()
+    torch.testing.assert_close(torch.from_numpy(out).double(), want, atol=1e-4, rtol=1e-5)
