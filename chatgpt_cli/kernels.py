@@ -229,6 +229,78 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
         out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
 
 
+@extending.intrinsic
+def _dot_int4(typingctx, codes, n, xb, scales):
+    """sum over groups g of scales[n, g] * (row n's codes of group g . xb's), each code q read as
+    the bfloat16 128 + q, in AVX-512 BF16's dot-product instruction.
+
+    codes (N, K/2) uint8 as ``layers.quantize_groups`` packs them (byte j of a group: weight j in
+    the low nibble, weight j + 16 in the high one); xb (K,) and scales (N, K/32) bfloat16 bits. The
+    bfloat16 whose bits are 0x4300 | q is exactly 128 + q: no conversion, and the 128 times the
+    group's input sum is taken off by the caller. Each group's 16 partial sums are scaled and kept
+    in 16 lanes: no sum across lanes until the end of the row.
+    """
+    def codegen(context, builder, signature, args):
+        c_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        s_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        n_bytes = builder.extract_value(c_arr.shape, 1)
+        n_groups = builder.extract_value(s_arr.shape, 1)
+        row = builder.gep(c_arr.data, [builder.mul(args[1], n_bytes)])
+        scale_row = builder.gep(s_arr.data, [builder.mul(args[1], n_groups)])
+        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]), "llvm.fma.v16f32")
+        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
+        with cgutils.for_range(builder, n_groups) as loop:
+            g = loop.index
+            packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(g, ir.Constant(i64, 16))]),
+                                                  ir.VectorType(ir.IntType(8), 16).as_pointer()), align=1)
+            wide = builder.zext(packed, ir.VectorType(i16, 16))
+            low = builder.and_(wide, ir.Constant(ir.VectorType(i16, 16), [15] * 16))  # weights 0..15
+            high = builder.lshr(wide, ir.Constant(ir.VectorType(i16, 16), [4] * 16))  # weights 16..31
+            both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+            weights = builder.bitcast(builder.or_(both, ir.Constant(ir.VectorType(i16, 32), [0x4300] * 32)), pairs)
+            x = builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.mul(g, ir.Constant(i64, 32))]),
+                                             ir.VectorType(i16, 32).as_pointer()), align=2)
+            d = builder.call(dot, [ir.Constant(sums, None), builder.bitcast(x, pairs), weights])
+            bits = builder.shl(builder.zext(builder.load(builder.gep(scale_row, [g])), i32), ir.Constant(i32, 16))
+            scale = builder.bitcast(bits, ir.FloatType())
+            spread = builder.shuffle_vector(builder.insert_element(ir.Constant(sums, None), scale, ir.Constant(i32, 0)),
+                                            ir.Constant(sums, None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+            builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
+        v, width = builder.load(acc), 16
+        while width > 1:
+            width //= 2
+            lanes = ir.VectorType(i32, width)
+            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
+                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
+        return builder.extract_element(v, ir.Constant(i32, 0))
+    return types.float32(codes, n, xb, scales), codegen
+
+
+@jit
+def matvec_int4(x, codes, groups, bias, out, gelu):
+    """out[n] = x . w[n] + bias[n] for int4 weights w = q * s + m in groups of 32 (``groups`` =
+    (s, m), bfloat16 bits (N, K/32)), on a CPU with AVX-512 BF16: x rounded to bfloat16 once,
+    each group's codes times x in ``_dot_int4``, then the offsets: sum_g (m - 128 s) * sum(x_g)."""
+    scales, offsets = groups
+    xb = np.empty(x.shape[0], np.uint16)
+    for k in range(x.shape[0]):
+        xb[k] = to_bf16(x[k])
+    n_groups = scales.shape[1]
+    x_sums = np.zeros(n_groups, np.float32)  # of the rounded inputs, group by group
+    for k in range(x.shape[0]):
+        x_sums[k // 32] += bf16(xb[k])
+    for n in prange(codes.shape[0]):
+        rest = np.float32(0.0)
+        for g in range(n_groups):
+            rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[g]
+        out[n] = finish(_dot_int4(codes, n, xb, scales) + rest + bias[n], gelu)
+
+
 def product(x, w, scale, bias, out, gelu):
     """out = x W^T * scale + bias for one row x, in the form's fastest kernel here."""
 
@@ -237,6 +309,8 @@ def product(x, w, scale, bias, out, gelu):
 def _product(x, w, scale, bias, out, gelu):
     if w.dtype == types.int8:
         return lambda x, w, scale, bias, out, gelu: matvec_int8(x, w, scale, bias, out, gelu)
+    if w.dtype == types.uint8:  # int4 codes, two a byte (only built where BF16_DOT)
+        return lambda x, w, scale, bias, out, gelu: matvec_int4(x, w, scale, bias, out, gelu)
     if w.dtype == types.uint16 and BF16_DOT:
         return lambda x, w, scale, bias, out, gelu: matvec_bf16(x, w, scale, bias, out, gelu)
     return lambda x, w, scale, bias, out, gelu: matvec(x, w, scale, bias, out, gelu)

@@ -84,6 +84,8 @@ def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         g = weight[start:start + ROWS_PER_CHUNK].float().view(-1, n_in // GROUP, GROUP)  # (rows, groups, 32)
         lo, hi = g.amin(dim=2), g.amax(dim=2)
         s = ((hi - lo) / 15).clamp(min=1e-12)
+        # as bfloat16 holds them (the kernels read them so), before the codes are rounded to them
+        lo, s = lo.to(torch.bfloat16).float(), s.to(torch.bfloat16).float()
         q = torch.round((g - lo[..., None]) / s[..., None]).clamp(0, 15).to(torch.uint8)
         packed[start:start + len(g)] = (q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)).view(len(g), -1)
         scale[start:start + len(g)], offset[start:start + len(g)] = s, lo
@@ -219,16 +221,23 @@ class Int8Linear(Linear):
 class Int4Linear(Linear):
     """w ~ q * s + m in groups of 32 along the input (see quantize_groups).
 
-    On the CPU every product, of one row or many, runs torch's int4 kernel
-    (``torch._weight_int4pack_mm_for_cpu``, bfloat16 activations): the codes are repacked into its
-    layout, which computes w = (q - 8) * s + z, so z = m + 8 s. Elsewhere (or with an older torch)
-    the weight is widened for torch (``dense``).
+    On a CPU with AVX-512 BF16 one row (a decode step) runs the numba kernel (kernels.matvec_int4)
+    on the codes as quantize_groups packs them. On the CPU every other product runs torch's int4
+    kernel (``torch._weight_int4pack_mm_for_cpu``, bfloat16 activations): the codes are repacked
+    into its layout, which computes w = (q - 8) * s + z, so z = m + 8 s. Elsewhere (or with an
+    older torch) the weight is widened for torch (``dense``).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight.shape[0], bias, gelu)
         packed, scale, offset = quantize_groups(weight)
         self.in_features = weight.shape[1]
+        if weight.device.type == "cpu" and load_kernels().BF16_DOT:  # the decode kernel's copy
+            self.kernel_name = "int4"
+            self.register_buffer("codes", packed)
+            self.register_buffer("group_scales", scale.to(torch.bfloat16))
+            self.register_buffer("group_offsets", offset.to(torch.bfloat16))
+            self.arrays = (packed.numpy(), (bits(self.group_scales), bits(self.group_offsets)))
         self.torch_int4 = weight.device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu") \
             and self.out_features % 16 == 0  # the kernel takes outputs in tiles of 16
         if self.torch_int4:
@@ -251,8 +260,13 @@ class Int4Linear(Linear):
             return self.product(torch.eye(self.in_features)).t().to(dtype)
         return dequantize_groups(self.weight, self.scales, self.offsets, dtype)
 
+    def few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x.to(torch.bfloat16), self.dense(torch.bfloat16)).float() + self.bias
+        return F.gelu(out, approximate="tanh") if self.gelu else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.torch_int4 and x.device.type == "cpu"):
+        one_row = self.arrays and x.dtype == torch.float32 and x.numel() == x.shape[-1]
+        if one_row or not (self.torch_int4 and x.device.type == "cpu"):
             return super().forward(x)
         out = self.product(x.reshape(-1, x.shape[-1])).to(x.dtype) + self.bias.to(x.dtype)
         out = F.gelu(out, approximate="tanh") if self.gelu else out

@@ -178,7 +178,7 @@ def warm_up() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             q = torch.randn(1, 1, 1, 4)
             FusedKVCache(1, 1, 2, 4, dtype).attend(q, q, q, torch.tensor([0]))
-        for dtype in ("float32", "bfloat16", "int8"):  # the fused decode step of each form
+        for dtype in ("float32", "bfloat16", "int8", "int4"):  # the fused decode step of each form
             scheme = choose_scheme(dtype, torch.float32, torch.device("cpu"))
             model = init_weights(GPT(GPTConfig(vocab_size=64, n_positions=4, n_embd=GROUP, n_layer=1, n_head=2)))
             model = scheme.apply(model.to(scheme.storage))

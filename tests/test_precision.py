@@ -143,11 +143,14 @@ def test_decode_agrees_with_the_full_forward(tiny_dir, dtype):
             torch.testing.assert_close(step, full[i], atol=2e-2 if dtype == "float32" else 0.15, rtol=0.05)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
 def test_the_fused_decode_step_equals_the_models_forward(tiny_dir, dtype):
     """fused.py's one call per block computes what GPT.forward computes for one token, and writes
-    the same keys and values into the cache."""
+    the same keys and values into the cache (int4: on a CPU with AVX-512 BF16)."""
     from chatgpt_cli.fused import FusedDecoder
+
+    if dtype == "int4" and not load_kernels().BF16_DOT:
+        pytest.skip("int4's decode kernel needs AVX-512 BF16")
 
     model = load_model(tiny_dir, dtype=dtype).model
     fused, plain = Engine(model), Engine(model)
@@ -174,6 +177,8 @@ def test_the_fused_decode_step_equals_the_models_forward(tiny_dir, dtype):
 def test_other_precisions_decode_through_the_models_forward(tiny_dir, dtype, fast):
     from chatgpt_cli.fused import FusedDecoder
 
+    if dtype == "int4" and load_kernels().BF16_DOT:
+        pytest.skip("here int4 decodes in the fused step")
     engine = Engine(load_model(tiny_dir, dtype=dtype, fast=fast).model)
     assert not isinstance(engine.decode, FusedDecoder)
 
