@@ -22,7 +22,7 @@ from chatgpt_cli.kernels import attend, product, widen
 from chatgpt_cli.layers import FusedKVCache, Linear, bits
 from chatgpt_cli.model import GPT
 
-step = njit(fastmath=True, cache=True)
+step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow on as in torch
 
 
 @step

@@ -55,7 +55,7 @@ numba.config.CACHE_DIR = str(Path(CACHE_DIR) / _source_hash())  # also when numb
 BF16_DOT = "+avx512bf16" in llvmlite.binding.get_host_cpu_features().flatten()
 
 GELU_C = math.sqrt(2.0 / math.pi)
-jit = njit(parallel=True, fastmath=True, cache=True)
+jit = njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
 
 
 @extending.intrinsic
@@ -74,14 +74,14 @@ def _as_uint32(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def to_bf16(value):
     """float32 -> bfloat16 bits (uint16), rounded to the nearest even like torch."""
     bits = _as_uint32(np.float32(value))
     return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def bf16(bits):
     """bfloat16 bits (uint16) -> float32: the bits become the top half of the float32's."""
     return _as_float32(np.uint32(bits) << np.uint32(16))
@@ -127,7 +127,7 @@ def _multiply_add(typingctx, acc, a, b):
     return types.int32(types.int32, types.int16, types.int8), codegen
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def finish(y, gelu):
     """GPT-2's tanh GELU, applied to an output while it is still in a register."""
     if gelu:
@@ -146,7 +146,7 @@ def matvec(x, w, scale, bias, out, gelu):
         out[n] = finish(acc * scale[n] + bias[n], gelu)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def quantize16(x, n_in):
     """x (K,) float32 -> int16 codes and their scale, x ~ codes * scale. The codes stay small enough
     (|code| <= (2^31 - 1) / (127 n_in)) that a sum of n_in code times int8 products fits 32 bits:
@@ -252,7 +252,8 @@ def _dot_int4(typingctx, codes, n, xb, scales):
         sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
         dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
                                              "llvm.x86.avx512bf16.dpbf16ps.512")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]), "llvm.fma.v16f32")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]),
+                                             "llvm.fma.v16f32")
         acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
         with cgutils.for_range(builder, n_groups) as loop:
             g = loop.index
@@ -316,7 +317,7 @@ def _product(x, w, scale, bias, out, gelu):
     return lambda x, w, scale, bias, out, gelu: matvec(x, w, scale, bias, out, gelu)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, cache=True, error_model="numpy")
 def one_row(x, w, scale, bias, out, gelu):
     """``product``, called from Python (layers.py)."""
     product(x, w, scale, bias, out, gelu)
@@ -326,7 +327,7 @@ def one_row(x, w, scale, bias, out, gelu):
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
 # input value loaded once for all of them (x is padded with zero rows to a multiple of four).
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def padded4(x):
     """x (M, K) with zero rows added up to a multiple of four."""
     x4 = np.zeros(((x.shape[0] + 3) // 4 * 4, x.shape[1]), np.float32)
@@ -334,7 +335,7 @@ def padded4(x):
     return x4
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def put4(out, m, n, sums, scale, bias, gelu):
     """out[m + i, n] = sums[i] * scale + bias for the rows of x that exist (not the padding)."""
     for i in range(4):

@@ -197,6 +197,13 @@ def test_12_4_nan_weights_warn_and_run_on(nan_dir, args):
         json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
+def test_12_4_nan_weights_warn_and_run_on_in_every_precision(nan_dir, dtype):
+    """The decode kernels let NaN and inf flow on as torch does (no division-by-zero error)."""
+    r = clean(run("complete", "Hi", "-n", "3", "-t", "0", "--dtype", dtype, "-m", nan_dir))
+    assert r.stderr.startswith("warning:") and "NaN" in r.stderr
+
+
 def test_12_4_nan_weights_in_chat_keep_the_chat(nan_dir, tmp_path):
     f = tmp_path / "n.json"
     r = clean(chat(nan_dir, ["Hi", "there", f"/save {f}"], "-n", "2"))
