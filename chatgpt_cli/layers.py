@@ -238,14 +238,15 @@ class Int4Linear(Linear):
             self.register_buffer("group_scales", scale.to(torch.bfloat16))
             self.register_buffer("group_offsets", offset.to(torch.bfloat16))
             self.arrays = (packed.numpy(), (bits(self.group_scales), bits(self.group_offsets)))
-        self.torch_int4 = weight.device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu") \
-            and self.out_features % 16 == 0  # the kernel takes outputs in tiles of 16
+        self.torch_int4 = weight.device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
         if self.torch_int4:
-            codes = unpack_groups(packed).to(torch.int32)  # (out, in), 0..15
+            # the kernel takes outputs in tiles of 16: a vocabulary's 50257 rows get zero rows after them
+            pad = -self.out_features % 16
+            codes = F.pad(unpack_groups(packed).to(torch.int32), (0, 0, 0, pad))  # (out + pad, in), 0..15
             self.register_buffer("weight", torch._convert_weight_to_int4pack_for_cpu(codes, 2))
-            zero = offset + 8 * scale
+            scale, zero = F.pad(scale, (0, 0, 0, pad)), F.pad(offset + 8 * scale, (0, 0, 0, pad))
             self.register_buffer("scales_and_zeros", torch.stack([scale.t(), zero.t()], dim=-1)
-                                 .to(torch.bfloat16).contiguous())  # (in/32, out, 2)
+                                 .to(torch.bfloat16).contiguous())  # (in/32, out + pad, 2)
         else:
             self.register_buffer("weight", packed)
             self.register_buffer("scales", scale)
@@ -253,7 +254,8 @@ class Int4Linear(Linear):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) -> x W^T (M, out) in torch's int4 kernel."""
-        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.weight, GROUP, self.scales_and_zeros)
+        out = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.weight, GROUP, self.scales_and_zeros)
+        return out[:, :self.out_features]  # (M, out): not the padding rows
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         if self.torch_int4:  # the weight as the kernel sees it: the product with the identity
