@@ -21,7 +21,7 @@ On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instructio
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
-folder named by a hash of this file and fused.py, so only the first run on a machine (or of a new
+folder named by a hash of this file, intrinsics.py and fused.py, so only the first run on a machine (or of a new
 version) compiles (a few seconds); the cache is set before numba is imported.
 """
 
@@ -35,24 +35,23 @@ from pathlib import Path
 CACHE_DIR = os.environ.setdefault(
     "NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgpt-cli" / "numba"))
 
-import llvmlite.binding  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
-from numba.core import cgutils  # noqa: E402
+
+from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_int4  # noqa: E402
 
 
 def _source_hash() -> str:
     """A hash of the kernels' source: numba checks only the file a cached function is in, so code
     compiled against an older version of a kernel it calls would otherwise still be loaded."""
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("kernels.py", "fused.py"))).hexdigest()[:16]
+    files = ("kernels.py", "intrinsics.py", "fused.py")
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 
 numba.config.CACHE_DIR = str(Path(CACHE_DIR) / _source_hash())  # also when numba was imported before this module
-# AVX-512 BF16: one instruction multiplies 32 bfloat16 pairs and adds them into 16 float32 sums
-BF16_DOT = "+avx512bf16" in llvmlite.binding.get_host_cpu_features().flatten()
 
 GELU_C = math.sqrt(2.0 / math.pi)
 jit = njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
@@ -172,49 +171,6 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         out[n] = finish(np.float32(acc) * (xs * scale[n]) + bias[n], gelu)
 
 
-class _BFloat(ir.Type):
-    """LLVM's bfloat type (llvmlite has no name for it)."""
-
-    def _to_string(self) -> str:
-        return "bfloat"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _BFloat)
-
-    def __hash__(self) -> int:
-        return hash("bfloat")
-
-
-@extending.intrinsic
-def _dot_bf16(typingctx, w, n, xb):
-    """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
-    dot-product instruction (vdpbf16ps): 32 products a step into 16 float32 sums, added up at the
-    end. The weights go from memory into the instruction with nothing to widen them first."""
-    def codegen(context, builder, signature, args):
-        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        n_in = builder.extract_value(w_arr.shape, 1)
-        row = builder.gep(w_arr.data, [builder.mul(args[1], n_in)])
-        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
-        bits = ir.VectorType(ir.IntType(16), 32).as_pointer()
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
-        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
-        with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
-            at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
-            a = builder.bitcast(builder.load(builder.bitcast(builder.gep(row, [at]), bits), align=2), pairs)
-            b = builder.bitcast(builder.load(builder.bitcast(builder.gep(x_arr.data, [at]), bits), align=2), pairs)
-            builder.store(builder.call(dot, [builder.load(acc), a, b]), acc)
-        v, width = builder.load(acc), 16
-        while width > 1:  # the 16 sums added pairwise: 8, 4, 2, 1
-            width //= 2
-            lanes = ir.VectorType(ir.IntType(32), width)
-            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
-                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
-    return types.float32(w, n, xb), codegen
-
-
 @jit
 def matvec_bf16(x, w, scale, bias, out, gelu):
     """``matvec`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, each
@@ -227,59 +183,6 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
         xb[k] = to_bf16(x[k])
     for n in prange(w.shape[0]):
         out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
-
-
-@extending.intrinsic
-def _dot_int4(typingctx, codes, n, xb, scales):
-    """sum over groups g of scales[n, g] * (row n's codes of group g . xb's), each code q read as
-    the bfloat16 128 + q, in AVX-512 BF16's dot-product instruction.
-
-    codes (N, K/2) uint8 as ``layers.quantize_groups`` packs them (byte j of a group: weight j in
-    the low nibble, weight j + 16 in the high one); xb (K,) and scales (N, K/32) bfloat16 bits. The
-    bfloat16 whose bits are 0x4300 | q is exactly 128 + q: no conversion, and the 128 times the
-    group's input sum is taken off by the caller. Each group's 16 partial sums are scaled and kept
-    in 16 lanes: no sum across lanes until the end of the row.
-    """
-    def codegen(context, builder, signature, args):
-        c_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        s_arr = context.make_array(signature.args[3])(context, builder, args[3])
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        n_bytes = builder.extract_value(c_arr.shape, 1)
-        n_groups = builder.extract_value(s_arr.shape, 1)
-        row = builder.gep(c_arr.data, [builder.mul(args[1], n_bytes)])
-        scale_row = builder.gep(s_arr.data, [builder.mul(args[1], n_groups)])
-        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]),
-                                             "llvm.fma.v16f32")
-        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
-        with cgutils.for_range(builder, n_groups) as loop:
-            g = loop.index
-            packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(g, ir.Constant(i64, 16))]),
-                                                  ir.VectorType(ir.IntType(8), 16).as_pointer()), align=1)
-            wide = builder.zext(packed, ir.VectorType(i16, 16))
-            low = builder.and_(wide, ir.Constant(ir.VectorType(i16, 16), [15] * 16))  # weights 0..15
-            high = builder.lshr(wide, ir.Constant(ir.VectorType(i16, 16), [4] * 16))  # weights 16..31
-            both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
-            weights = builder.bitcast(builder.or_(both, ir.Constant(ir.VectorType(i16, 32), [0x4300] * 32)), pairs)
-            x = builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.mul(g, ir.Constant(i64, 32))]),
-                                             ir.VectorType(i16, 32).as_pointer()), align=2)
-            d = builder.call(dot, [ir.Constant(sums, None), builder.bitcast(x, pairs), weights])
-            bits = builder.shl(builder.zext(builder.load(builder.gep(scale_row, [g])), i32), ir.Constant(i32, 16))
-            scale = builder.bitcast(bits, ir.FloatType())
-            spread = builder.shuffle_vector(builder.insert_element(ir.Constant(sums, None), scale, ir.Constant(i32, 0)),
-                                            ir.Constant(sums, None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-            builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
-        v, width = builder.load(acc), 16
-        while width > 1:
-            width //= 2
-            lanes = ir.VectorType(i32, width)
-            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
-                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
-        return builder.extract_element(v, ir.Constant(i32, 0))
-    return types.float32(codes, n, xb, scales), codegen
 
 
 @jit

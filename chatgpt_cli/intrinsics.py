@@ -1,0 +1,112 @@
+"""Dot products in AVX-512 BF16's instruction, as numba intrinsics (kernels.py calls them).
+
+LLVM's vectorizer never emits ``vdpbf16ps`` (32 bfloat16 products added into 16 float32 sums in
+one instruction), so these write the LLVM IR of a row's dot product themselves: a loop over the
+row 32 values at a time, 16 sums kept side by side, added up at the end. They compile only on a
+CPU that has the instruction (``BF16_DOT``); kernels.py picks them there and plain loops elsewhere.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding
+from llvmlite import ir
+from numba import extending, types
+from numba.core import cgutils
+
+BF16_DOT = "+avx512bf16" in llvmlite.binding.get_host_cpu_features().flatten()
+
+
+class _BFloat(ir.Type):
+    """LLVM's bfloat type (llvmlite has no name for it)."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _BFloat)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+@extending.intrinsic
+def _dot_bf16(typingctx, w, n, xb):
+    """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
+    dot-product instruction (vdpbf16ps): 32 products a step into 16 float32 sums, added up at the
+    end. The weights go from memory into the instruction with nothing to widen them first."""
+    def codegen(context, builder, signature, args):
+        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        n_in = builder.extract_value(w_arr.shape, 1)
+        row = builder.gep(w_arr.data, [builder.mul(args[1], n_in)])
+        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        bits = ir.VectorType(ir.IntType(16), 32).as_pointer()
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
+        with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
+            at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
+            a = builder.bitcast(builder.load(builder.bitcast(builder.gep(row, [at]), bits), align=2), pairs)
+            b = builder.bitcast(builder.load(builder.bitcast(builder.gep(x_arr.data, [at]), bits), align=2), pairs)
+            builder.store(builder.call(dot, [builder.load(acc), a, b]), acc)
+        v, width = builder.load(acc), 16
+        while width > 1:  # the 16 sums added pairwise: 8, 4, 2, 1
+            width //= 2
+            lanes = ir.VectorType(ir.IntType(32), width)
+            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
+                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+    return types.float32(w, n, xb), codegen
+
+
+@extending.intrinsic
+def _dot_int4(typingctx, codes, n, xb, scales):
+    """sum over groups g of scales[n, g] * (row n's codes of group g . xb's), each code q read as
+    the bfloat16 128 + q, in AVX-512 BF16's dot-product instruction.
+
+    codes (N, K/2) uint8 as ``layers.quantize_groups`` packs them (byte j of a group: weight j in
+    the low nibble, weight j + 16 in the high one); xb (K,) and scales (N, K/32) bfloat16 bits. The
+    bfloat16 whose bits are 0x4300 | q is exactly 128 + q: no conversion, and the 128 times the
+    group's input sum is taken off by the caller. Each group's 16 partial sums are scaled and kept
+    in 16 lanes: no sum across lanes until the end of the row.
+    """
+    def codegen(context, builder, signature, args):
+        c_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        s_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        n_bytes = builder.extract_value(c_arr.shape, 1)
+        n_groups = builder.extract_value(s_arr.shape, 1)
+        row = builder.gep(c_arr.data, [builder.mul(args[1], n_bytes)])
+        scale_row = builder.gep(s_arr.data, [builder.mul(args[1], n_groups)])
+        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]),
+                                             "llvm.fma.v16f32")
+        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
+        with cgutils.for_range(builder, n_groups) as loop:
+            g = loop.index
+            packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(g, ir.Constant(i64, 16))]),
+                                                  ir.VectorType(ir.IntType(8), 16).as_pointer()), align=1)
+            wide = builder.zext(packed, ir.VectorType(i16, 16))
+            low = builder.and_(wide, ir.Constant(ir.VectorType(i16, 16), [15] * 16))  # weights 0..15
+            high = builder.lshr(wide, ir.Constant(ir.VectorType(i16, 16), [4] * 16))  # weights 16..31
+            both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+            weights = builder.bitcast(builder.or_(both, ir.Constant(ir.VectorType(i16, 32), [0x4300] * 32)), pairs)
+            x = builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.mul(g, ir.Constant(i64, 32))]),
+                                             ir.VectorType(i16, 32).as_pointer()), align=2)
+            d = builder.call(dot, [ir.Constant(sums, None), builder.bitcast(x, pairs), weights])
+            bits = builder.shl(builder.zext(builder.load(builder.gep(scale_row, [g])), i32), ir.Constant(i32, 16))
+            scale = builder.bitcast(bits, ir.FloatType())
+            spread = builder.shuffle_vector(builder.insert_element(ir.Constant(sums, None), scale, ir.Constant(i32, 0)),
+                                            ir.Constant(sums, None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+            builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
+        v, width = builder.load(acc), 16
+        while width > 1:
+            width //= 2
+            lanes = ir.VectorType(i32, width)
+            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
+                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
+        return builder.extract_element(v, ir.Constant(i32, 0))
+    return types.float32(codes, n, xb, scales), codegen
