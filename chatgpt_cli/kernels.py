@@ -205,6 +205,20 @@ def matvec_int4(x, codes, groups, bias, out, gelu):
         out[n] = finish(_dot_int4(codes, n, xb, scales) + rest + bias[n], gelu)
 
 
+@jit
+def widen_int4(codes, groups, out):
+    """The int4 weights w = q * s + m of ``codes`` (N, K/2) as bfloat16 bits out (N, K): for a
+    prompt's many rows, which then multiply in oneDNN's bfloat16 product."""
+    scales, offsets = groups
+    for n in prange(codes.shape[0]):
+        for g in range(scales.shape[1]):
+            s, m = bf16(scales[n, g]), bf16(offsets[n, g])
+            for j in range(16):
+                byte = codes[n, 16 * g + j]
+                out[n, 32 * g + j] = to_bf16(np.float32(byte & 15) * s + m)
+                out[n, 32 * g + 16 + j] = to_bf16(np.float32(byte >> 4) * s + m)
+
+
 def product(x, w, scale, bias, out, gelu):
     """out = x W^T * scale + bias for one row x, in the form's fastest kernel here."""
 

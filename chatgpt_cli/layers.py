@@ -24,6 +24,7 @@ from chatgpt_cli.model import KVCache
 ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
 GROUP = 32  # int4 weights per group
 KERNEL_ROWS = 16  # inputs of up to this many rows take the kernels (each weight read once for all rows)
+WIDEN_ROWS = 128  # int4 inputs of this many rows or more: weights widened to bfloat16 for oneDNN
 
 
 @functools.cache
@@ -258,6 +259,10 @@ class Int4Linear(Linear):
         return out[:, :self.out_features]  # (M, out): not the padding rows
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.arrays:  # from the decode kernel's codes, in numba
+            out = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
+            load_kernels().widen_int4(self.arrays[0], self.arrays[1], bits(out))
+            return out.to(dtype)
         if self.torch_int4:  # the weight as the kernel sees it: the product with the identity
             return self.product(torch.eye(self.in_features)).t().to(dtype)
         return dequantize_groups(self.weight, self.scales, self.offsets, dtype)
@@ -267,8 +272,10 @@ class Int4Linear(Linear):
         return F.gelu(out, approximate="tanh") if self.gelu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        one_row = self.arrays and x.dtype == torch.float32 and x.numel() == x.shape[-1]
-        if one_row or not (self.torch_int4 and x.device.type == "cpu"):
+        rows = x.numel() // x.shape[-1]
+        one_row = self.arrays and x.dtype == torch.float32 and rows == 1
+        widened = self.arrays and rows >= WIDEN_ROWS  # a long prompt: the weights widened, then oneDNN
+        if one_row or widened or not (self.torch_int4 and x.device.type == "cpu"):
             return super().forward(x)
         out = self.product(x.reshape(-1, x.shape[-1])).to(x.dtype) + self.bias.to(x.dtype)
         out = F.gelu(out, approximate="tanh") if self.gelu else out

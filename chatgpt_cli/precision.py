@@ -180,6 +180,7 @@ def warm_up() -> None:
             for gelu in (False, True):
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(1, GROUP))
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(3, GROUP))
+        Int4Linear(torch.randn(4, GROUP), None).dense(torch.bfloat16)  # a long prompt's widening
         for dtype in (torch.float32, torch.bfloat16):
             q = torch.randn(1, 1, 1, 4)
             FusedKVCache(1, 1, 2, 4, dtype).attend(q, q, q, torch.tensor([0]))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from chatgpt_cli.generate import Engine, decode_one, prefill
 from chatgpt_cli.layers import (
     KERNEL_ROWS,
+    WIDEN_ROWS,
     BFloat16Linear,
     Float32Linear,
     FusedKVCache,
@@ -96,7 +97,7 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
     if onednn:
         layer.prepare_batches()  # what -N does first
     dense = layer.dense(torch.float32).float()
-    for rows in (1, 2, 3, 5, 8, KERNEL_ROWS, KERNEL_ROWS + 1, 40):
+    for rows in (1, 2, 3, 5, 8, KERNEL_ROWS, KERNEL_ROWS + 1, 40, WIDEN_ROWS):
         x = torch.randn(1, rows, shape[1])
         want = F.linear(x, dense, b)
         want = F.gelu(want, approximate="tanh") if gelu else want
@@ -319,3 +320,14 @@ def test_the_bfloat16_dot_product_kernel(n_in):
     rounded = x.to(torch.bfloat16) if k.BF16_DOT and n_in % 32 == 0 else x
     want = (rounded.double() @ w.double().t()) * 2 + torch.from_numpy(bias).double()
     torch.testing.assert_close(torch.from_numpy(out).double(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_int4_weights_widen_to_exactly_what_they_store():
+    """A long prompt multiplies int4 weights widened to bfloat16 (kernels.widen_int4): they are
+    the stored codes times their scales plus their offsets, rounded once."""
+    torch.manual_seed(1)
+    layer = Int4Linear(torch.randn(48, 96), None)
+    if not layer.arrays:
+        pytest.skip("the int4 decode kernel's codes exist on a CPU with AVX-512 BF16")
+    want = dequantize_groups(layer.codes, layer.group_scales.float(), layer.group_offsets.float(), torch.float32)
+    assert torch.equal(layer.dense(torch.float32), want.to(torch.bfloat16).float())
