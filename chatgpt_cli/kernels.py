@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
 
-from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_int4  # noqa: E402
+from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_int4, _dot_int4_pairs  # noqa: E402
 
 
 def _source_hash() -> str:
@@ -185,6 +185,20 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
         out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def pair_order(xb):
+    """xb (K,) in the order ``_dot_int4_pairs`` reads it: per pair of groups of 32, the first
+    16 of each group, then the last 16 of each."""
+    xp = np.empty_like(xb)
+    for p in range(xb.shape[0] // 64):
+        for j in range(16):
+            xp[64 * p + j] = xb[64 * p + j]
+            xp[64 * p + 16 + j] = xb[64 * p + 32 + j]
+            xp[64 * p + 32 + j] = xb[64 * p + 16 + j]
+            xp[64 * p + 48 + j] = xb[64 * p + 48 + j]
+    return xp
+
+
 @jit
 def matvec_int4(x, codes, groups, bias, out, gelu):
     """out[n] = x . w[n] + bias[n] for int4 weights w = q * s + m in groups of 32 (``groups`` =
@@ -198,11 +212,14 @@ def matvec_int4(x, codes, groups, bias, out, gelu):
     x_sums = np.zeros(n_groups, np.float32)  # of the rounded inputs, group by group
     for k in range(x.shape[0]):
         x_sums[k // 32] += bf16(xb[k])
+    even = n_groups % 2 == 0
+    xp = pair_order(xb) if even else xb
     for n in prange(codes.shape[0]):
         rest = np.float32(0.0)
         for g in range(n_groups):
             rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[g]
-        out[n] = finish(_dot_int4(codes, n, xb, scales) + rest + bias[n], gelu)
+        dot = _dot_int4_pairs(codes, n, xp, scales) if even else _dot_int4(codes, n, xb, scales)
+        out[n] = finish(dot + rest + bias[n], gelu)
 
 
 @jit
