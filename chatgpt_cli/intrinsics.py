@@ -29,6 +29,25 @@ class _BFloat(ir.Type):
         return hash("bfloat")
 
 
+SUMS, PAIRS = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)  # vdpbf16ps's operands
+
+
+def _declare(builder, name: str, result, arguments):
+    """The LLVM intrinsic ``name`` (result type, argument types), declared in the module being built."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, list(arguments)), name)
+
+
+def _sum_lanes(builder, v):
+    """The sum of the 16 float32 lanes of v, added pairwise: 8, 4, 2, 1."""
+    width = 16
+    while width > 1:
+        width //= 2
+        lanes = ir.VectorType(ir.IntType(32), width)
+        v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
+                         builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
 @extending.intrinsic
 def _dot_bf16(typingctx, w, n, xb):
     """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
@@ -39,24 +58,25 @@ def _dot_bf16(typingctx, w, n, xb):
         x_arr = context.make_array(signature.args[2])(context, builder, args[2])
         n_in = builder.extract_value(w_arr.shape, 1)
         row = builder.gep(w_arr.data, [builder.mul(args[1], n_in)])
-        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        sums, pairs = SUMS, PAIRS
         bits = ir.VectorType(ir.IntType(16), 32).as_pointer()
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
+        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
         acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
         with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
             at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
             a = builder.bitcast(builder.load(builder.bitcast(builder.gep(row, [at]), bits), align=2), pairs)
             b = builder.bitcast(builder.load(builder.bitcast(builder.gep(x_arr.data, [at]), bits), align=2), pairs)
             builder.store(builder.call(dot, [builder.load(acc), a, b]), acc)
-        v, width = builder.load(acc), 16
-        while width > 1:  # the 16 sums added pairwise: 8, 4, 2, 1
-            width //= 2
-            lanes = ir.VectorType(ir.IntType(32), width)
-            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
-                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        return _sum_lanes(builder, builder.load(acc))
     return types.float32(w, n, xb), codegen
+
+
+def _int4_pointers(context, builder, signature, args):
+    """For (codes, n, x, scales): row n's codes, x's data, row n's scales, the groups in a row."""
+    codes, x, scales = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 3))
+    n_groups = builder.extract_value(scales.shape, 1)
+    row = builder.gep(codes.data, [builder.mul(args[1], builder.extract_value(codes.shape, 1))])
+    return row, x.data, builder.gep(scales.data, [builder.mul(args[1], n_groups)]), n_groups
 
 
 @extending.intrinsic
@@ -71,19 +91,11 @@ def _dot_int4(typingctx, codes, n, xb, scales):
     in 16 lanes: no sum across lanes until the end of the row.
     """
     def codegen(context, builder, signature, args):
-        c_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        s_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        row, x_data, scale_row, n_groups = _int4_pointers(context, builder, signature, args)
         i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        n_bytes = builder.extract_value(c_arr.shape, 1)
-        n_groups = builder.extract_value(s_arr.shape, 1)
-        row = builder.gep(c_arr.data, [builder.mul(args[1], n_bytes)])
-        scale_row = builder.gep(s_arr.data, [builder.mul(args[1], n_groups)])
-        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]),
-                                             "llvm.fma.v16f32")
+        sums, pairs = SUMS, PAIRS
+        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
+        fma = _declare(builder, "llvm.fma.v16f32", sums, (sums, sums, sums))
         acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
         with cgutils.for_range(builder, n_groups) as loop:
             g = loop.index
@@ -94,7 +106,7 @@ def _dot_int4(typingctx, codes, n, xb, scales):
             high = builder.lshr(wide, ir.Constant(ir.VectorType(i16, 16), [4] * 16))  # weights 16..31
             both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
             weights = builder.bitcast(builder.or_(both, ir.Constant(ir.VectorType(i16, 32), [0x4300] * 32)), pairs)
-            x = builder.load(builder.bitcast(builder.gep(x_arr.data, [builder.mul(g, ir.Constant(i64, 32))]),
+            x = builder.load(builder.bitcast(builder.gep(x_data, [builder.mul(g, ir.Constant(i64, 32))]),
                                              ir.VectorType(i16, 32).as_pointer()), align=2)
             d = builder.call(dot, [ir.Constant(sums, None), builder.bitcast(x, pairs), weights])
             bits = builder.shl(builder.zext(builder.load(builder.gep(scale_row, [g])), i32), ir.Constant(i32, 16))
@@ -102,13 +114,7 @@ def _dot_int4(typingctx, codes, n, xb, scales):
             spread = builder.shuffle_vector(builder.insert_element(ir.Constant(sums, None), scale, ir.Constant(i32, 0)),
                                             ir.Constant(sums, None), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
             builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
-        v, width = builder.load(acc), 16
-        while width > 1:
-            width //= 2
-            lanes = ir.VectorType(i32, width)
-            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
-                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
-        return builder.extract_element(v, ir.Constant(i32, 0))
+        return _sum_lanes(builder, builder.load(acc))
     return types.float32(codes, n, xb, scales), codegen
 
 
@@ -123,20 +129,12 @@ def _dot_int4_pairs(typingctx, codes, n, xp, scales):
     and group g + 1's in lanes 8..15, scaled by both scales at once.
     """
     def codegen(context, builder, signature, args):
-        c_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        s_arr = context.make_array(signature.args[3])(context, builder, args[3])
+        row, x_data, scale_row, n_groups = _int4_pointers(context, builder, signature, args)
         i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        n_bytes = builder.extract_value(c_arr.shape, 1)
-        n_groups = builder.extract_value(s_arr.shape, 1)
-        row = builder.gep(c_arr.data, [builder.mul(args[1], n_bytes)])
-        scale_row = builder.gep(s_arr.data, [builder.mul(args[1], n_groups)])
-        sums, pairs = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
+        sums, pairs = SUMS, PAIRS
         words = ir.VectorType(i16, 32)
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, pairs, pairs]),
-                                             "llvm.x86.avx512bf16.dpbf16ps.512")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(sums, [sums, sums, sums]),
-                                             "llvm.fma.v16f32")
+        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
+        fma = _declare(builder, "llvm.fma.v16f32", sums, (sums, sums, sums))
         acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
         bias = ir.Constant(words, [0x4300] * 32)
         with cgutils.for_range(builder, builder.udiv(n_groups, ir.Constant(i64, 2))) as loop:
@@ -146,7 +144,7 @@ def _dot_int4_pairs(typingctx, codes, n, xp, scales):
             wide = builder.zext(packed, words)
             low = builder.or_(builder.and_(wide, ir.Constant(words, [15] * 32)), bias)
             high = builder.or_(builder.lshr(wide, ir.Constant(words, [4] * 32)), bias)
-            x_at = builder.gep(x_arr.data, [builder.mul(p, ir.Constant(i64, 64))])
+            x_at = builder.gep(x_data, [builder.mul(p, ir.Constant(i64, 64))])
             x_low = builder.load(builder.bitcast(x_at, words.as_pointer()), align=2)
             x_high = builder.load(builder.bitcast(builder.gep(x_at, [ir.Constant(i64, 32)]), words.as_pointer()),
                                   align=2)
@@ -159,11 +157,5 @@ def _dot_int4_pairs(typingctx, codes, n, xp, scales):
                                   ir.VectorType(ir.FloatType(), 2))
             spread = builder.shuffle_vector(two, two, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
             builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
-        v, width = builder.load(acc), 16
-        while width > 1:
-            width //= 2
-            lanes = ir.VectorType(i32, width)
-            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width)))),
-                             builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width)))))
-        return builder.extract_element(v, ir.Constant(i32, 0))
+        return _sum_lanes(builder, builder.load(acc))
     return types.float32(codes, n, xp, scales), codegen
