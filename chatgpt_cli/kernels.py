@@ -171,6 +171,15 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         out[n] = finish(np.float32(acc) * (xs * scale[n]) + bias[n], gelu)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def rounded(x):
+    """x (K,) float32 -> its bfloat16 bits, as the AVX-512 BF16 kernels read their input."""
+    xb = np.empty(x.shape[0], np.uint16)
+    for k in range(x.shape[0]):
+        xb[k] = to_bf16(x[k])
+    return xb
+
+
 @jit
 def matvec_bf16(x, w, scale, bias, out, gelu):
     """``matvec`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, each
@@ -178,9 +187,7 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
     if w.shape[1] % 32:
         matvec(x, w, scale, bias, out, gelu)
         return
-    xb = np.empty(x.shape[0], np.uint16)
-    for k in range(x.shape[0]):
-        xb[k] = to_bf16(x[k])
+    xb = rounded(x)
     for n in prange(w.shape[0]):
         out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
 
@@ -205,9 +212,7 @@ def matvec_int4(x, codes, groups, bias, out, gelu):
     (s, m), bfloat16 bits (N, K/32)), on a CPU with AVX-512 BF16: x rounded to bfloat16 once,
     each group's codes times x in ``_dot_int4``, then the offsets: sum_g (m - 128 s) * sum(x_g)."""
     scales, offsets = groups
-    xb = np.empty(x.shape[0], np.uint16)
-    for k in range(x.shape[0]):
-        xb[k] = to_bf16(x[k])
+    xb = rounded(x)
     n_groups = scales.shape[1]
     x_sums = np.zeros(n_groups, np.float32)  # of the rounded inputs, group by group
     for k in range(x.shape[0]):

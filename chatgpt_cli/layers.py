@@ -134,7 +134,7 @@ class Linear(nn.Module):
         """Called before decoding ``-N`` samples together (a form may make a faster layout)."""
 
     def kernel(self, kind: str):
-        """The ``matvec`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
+        """The ``one_row`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
         if kind not in self._kernels:
             self._kernels[kind] = getattr(load_kernels(), kind)
         return self._kernels[kind]
