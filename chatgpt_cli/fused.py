@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from chatgpt_cli.kernels import attend, product, widen
-from chatgpt_cli.layers import FusedKVCache, Linear, bits
+from chatgpt_cli.kernels import attend, rows_product, widen
+from chatgpt_cli.layers import FusedKVCache, Int4Linear, Linear, bits
 from chatgpt_cli.model import GPT
 
 step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow on as in torch
@@ -28,51 +28,57 @@ step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow 
 
 @step
 def layer_norm(x, weight, bias, eps):
-    """(x - mean) / sqrt(var + eps) * weight + bias over the n_embd values of x (float64 sums)."""
-    mean = np.float32(x.astype(np.float64).mean())
-    centred = x - mean
-    var = (centred.astype(np.float64) ** 2).mean()
-    return centred * np.float32(1.0 / np.sqrt(var + eps)) * weight + bias
+    """(x - mean) / sqrt(var + eps) * weight + bias over the n_embd values of each row of x (B,
+    n_embd), float64 sums."""
+    out = np.empty_like(x)
+    for b in range(x.shape[0]):
+        mean = np.float32(x[b].astype(np.float64).mean())
+        centred = x[b] - mean
+        var = (centred.astype(np.float64) ** 2).mean()
+        out[b] = centred * np.float32(1.0 / np.sqrt(var + eps)) * weight + bias
+    return out
 
 
 @step
-def embed(wte, wpe, token, pos):
-    """The token's embedding plus its position's: the residual stream x (n_embd,) float32."""
-    x = np.empty(wpe.shape[1], np.float32)
-    for i in range(x.shape[0]):
-        x[i] = widen(wte[token, i]) + wpe[pos, i]
+def embed(wte, wpe, tokens, pos):
+    """Each token's embedding plus its position's: the residual stream x (B, n_embd) float32."""
+    x = np.empty((tokens.shape[0], wpe.shape[1]), np.float32)
+    for b in range(tokens.shape[0]):
+        for i in range(x.shape[1]):
+            x[b, i] = widen(wte[tokens[b], i]) + wpe[pos, i]
     return x
 
 
 @step
 def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cache, pos, eps):
-    """One block for one token at position ``pos``, x (n_embd,) updated in place.
+    """One block for B rows of one token each at position ``pos``, x (B, n_embd) updated in place.
 
-    Each product is (weight, scale, bias) as kernels.product takes it; ln_* are (weight, bias);
-    k_cache, v_cache (1, nh, max_len, hs) the block's cache, which gets this token's key and value.
+    Each product is (weight, scale, bias) as kernels.rows_product takes it (each weight read once
+    for all rows); ln_* are (weight, bias); k_cache, v_cache (B, nh, max_len, hs) the block's
+    cache, whose row b gets row b's key and value.
     """
-    C, n_head, hs = x.shape[0], k_cache.shape[1], k_cache.shape[3]
-    qkv = np.empty(3 * C, np.float32)
-    product(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
-    q = qkv[:C].reshape((1, n_head, hs))  # (1, nh, hs)
-    k = qkv[C:2 * C].reshape((1, n_head, hs))  # (1, nh, hs)
-    v = qkv[2 * C:].reshape((1, n_head, hs))  # (1, nh, hs)
-    y = np.empty((1, n_head, hs), np.float32)
-    attend(q, k, v, k_cache, v_cache, pos, y)  # (1, nh, hs)
-    a = np.empty(C, np.float32)
-    product(y.reshape(C), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
+    (B, C), n_head, hs = x.shape, k_cache.shape[1], k_cache.shape[3]
+    qkv = np.empty((B, 3 * C), np.float32)
+    rows_product(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
+    q = np.ascontiguousarray(qkv[:, :C]).reshape((B, n_head, hs))  # (B, nh, hs)
+    k = np.ascontiguousarray(qkv[:, C:2 * C]).reshape((B, n_head, hs))  # (B, nh, hs)
+    v = np.ascontiguousarray(qkv[:, 2 * C:]).reshape((B, n_head, hs))  # (B, nh, hs)
+    y = np.empty((B, n_head, hs), np.float32)
+    attend(q, k, v, k_cache, v_cache, pos, y)  # (B, nh, hs)
+    a = np.empty((B, C), np.float32)
+    rows_product(y.reshape((B, C)), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
     x += a
-    hidden = np.empty(c_fc[0].shape[0], np.float32)
-    product(layer_norm(x, ln_2[0], ln_2[1], eps), c_fc[0], c_fc[1], c_fc[2], hidden, True)  # with the GELU
-    m = np.empty(C, np.float32)
-    product(hidden, mlp_proj[0], mlp_proj[1], mlp_proj[2], m, False)
+    hidden = np.empty((B, c_fc[0].shape[0]), np.float32)
+    rows_product(layer_norm(x, ln_2[0], ln_2[1], eps), c_fc[0], c_fc[1], c_fc[2], hidden, True)  # with the GELU
+    m = np.empty((B, C), np.float32)
+    rows_product(hidden, mlp_proj[0], mlp_proj[1], mlp_proj[2], m, False)
     x += m
 
 
 @step
 def head_step(x, ln_f, head, eps, logits):
-    """The final layer norm and the unembedding: logits (vocab,) of the residual stream x."""
-    product(layer_norm(x, ln_f[0], ln_f[1], eps), head[0], head[1], head[2], logits, False)
+    """The final layer norm and the unembedding: logits (B, vocab) of the residual stream x (B, n_embd)."""
+    rows_product(layer_norm(x, ln_f[0], ln_f[1], eps), head[0], head[1], head[2], logits, False)
 
 
 def layer_norm_arrays(ln: torch.nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +99,9 @@ def fusable(model: GPT) -> bool:
 
 
 class FusedDecoder:
-    """``decoder(token, pos)`` -> next-token logits (vocab,), like ``generate.decode_one``, over the
-    caches the model's blocks hold at the time of the call."""
+    """``decoder(token, pos)`` -> next-token logits (vocab,), like ``generate.decode_one``, and
+    ``decoder.rows(tokens, pos)`` -> (B, vocab) for B rows of a batch (``-N``), over the caches the
+    model's blocks hold at the time of the call."""
 
     def __init__(self, model: GPT) -> None:
         t = model.transformer
@@ -105,11 +112,16 @@ class FusedDecoder:
                        for b in t.h]
         self.ln_f, self.head = layer_norm_arrays(t.ln_f), model.lm_head.product_arrays()
         self.vocab = model.lm_head.out_features
+        # int4 has no few-rows kernel (each row would read every weight again): -N takes torch's
+        self.batches = not any(isinstance(m, Int4Linear) for m in model.modules())
 
-    def __call__(self, token: int, pos: int) -> torch.Tensor:
-        x = embed(self.wte, self.wpe, token, pos)  # (n_embd,)
+    def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
+        x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)
         for arrays, block in zip(self.blocks, self.model.transformer.h, strict=True):
             block_step(x, *arrays, *block.attn.kv_cache.arrays, pos, self.eps)
-        logits = torch.empty(self.vocab)
+        logits = torch.empty(len(tokens), self.vocab)
         head_step(x, self.ln_f, self.head, self.eps, logits.numpy())
         return logits
+
+    def __call__(self, token: int, pos: int) -> torch.Tensor:
+        return self.rows([token], pos)[0]

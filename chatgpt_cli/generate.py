@@ -88,6 +88,7 @@ class Engine:
         self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
         self.decode: Callable[[int, int], torch.Tensor] = (
             GraphDecoder(self.model) if graph else cpu_decoder(self.model) or functools.partial(decode_one, self.model))
+        self.batch_decode = getattr(self.decode, "rows", None) if getattr(self.decode, "batches", False) else None
         # a padded vocabulary (nanoGPT rounds it up to a multiple of 64) has rows no token is behind
         self.n_vocab = min(self.model.config.vocab_size, Tokenizer.n_vocab)
 
@@ -219,8 +220,10 @@ class Engine:
                     self.stats.reencodes += 1
                     recent = [seqs[r][-(self.window // 2):] for r in rows]
                     logits, length = self._run(recent, 0, last_only=True), len(recent[0])
-                else:
-                    logits = self._run([[seqs[r][-1]] for r in rows], length)
+                else:  # the fused step for all rows where there is one, else the model's forward
+                    last = [seqs[r][-1] for r in rows]
+                    run = self.batch_decode or (lambda tokens, pos: self._run([[t] for t in tokens], pos))
+                    logits = run(last, length)
                     length += 1
                 self._count(len(rows))
                 self.stats.decode_tokens += len(rows)

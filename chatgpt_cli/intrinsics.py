@@ -48,6 +48,39 @@ def _sum_lanes(builder, v):
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
+def _load(builder, base, at, vector):
+    """The vector of type ``vector`` at element ``at`` of the array data ``base``."""
+    return builder.load(builder.bitcast(builder.gep(base, [at]), vector.as_pointer()), align=1)
+
+
+def _rows(builder, data, first, count, n_in):
+    """Pointers to rows first, first + 1, ... of a C-contiguous (rows, n_in) array's data."""
+    return [builder.gep(data, [builder.mul(builder.add(first, ir.Constant(first.type, i)), n_in)])
+            for i in range(count)]
+
+
+def _bf16_dots(builder, w_row, x_rows, n_in, ahead=0):
+    """The dot products of the weight row w_row with every row in x_rows (n_in bfloat16 values
+    each, n_in a multiple of 32): 32 products a step per input row into 16 float32 sums each, the
+    weight vector loaded once a step for all the rows; with ``ahead``, the weights that many values
+    on are prefetched."""
+    sums, pairs = SUMS, PAIRS
+    bits, i8p, i32 = ir.VectorType(ir.IntType(16), 32), ir.IntType(8).as_pointer(), ir.IntType(32)
+    dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
+    prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), (i8p, i32, i32, i32))
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(sums, None)) for _ in x_rows]
+    with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
+        at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
+        if ahead:  # (address, read, keep in every cache level, data)
+            later = builder.bitcast(builder.gep(w_row, [builder.add(at, ir.Constant(at.type, ahead))]), i8p)
+            builder.call(prefetch, [later, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        w = builder.bitcast(_load(builder, w_row, at, bits), pairs)
+        for acc, row in zip(accs, x_rows, strict=True):
+            x = builder.bitcast(_load(builder, row, at, bits), pairs)
+            builder.store(builder.call(dot, [builder.load(acc), w, x]), acc)
+    return [_sum_lanes(builder, builder.load(acc)) for acc in accs]
+
+
 @extending.intrinsic
 def _dot_bf16(typingctx, w, n, xb):
     """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
@@ -57,18 +90,29 @@ def _dot_bf16(typingctx, w, n, xb):
         w_arr = context.make_array(signature.args[0])(context, builder, args[0])
         x_arr = context.make_array(signature.args[2])(context, builder, args[2])
         n_in = builder.extract_value(w_arr.shape, 1)
-        row = builder.gep(w_arr.data, [builder.mul(args[1], n_in)])
-        sums, pairs = SUMS, PAIRS
-        bits = ir.VectorType(ir.IntType(16), 32).as_pointer()
-        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
-        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
-        with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
-            at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
-            a = builder.bitcast(builder.load(builder.bitcast(builder.gep(row, [at]), bits), align=2), pairs)
-            b = builder.bitcast(builder.load(builder.bitcast(builder.gep(x_arr.data, [at]), bits), align=2), pairs)
-            builder.store(builder.call(dot, [builder.load(acc), a, b]), acc)
-        return _sum_lanes(builder, builder.load(acc))
+        return _bf16_dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in)[0], [x_arr.data], n_in)[0]
     return types.float32(w, n, xb), codegen
+
+
+TILE = 8  # the few-rows kernel's input rows per weight row read: eight sums side by side
+AHEAD = 4096  # and how far ahead of them (in values, 8 KB) it prefetches the weights
+
+
+@extending.intrinsic
+def _tile_bf16(typingctx, w, n, xb, m):
+    """The ``TILE`` dot products of w[n] with xb[m], xb[m + 1], ... (bfloat16 bits, (N, K) and
+    (M, K), K a multiple of 32), in ``_dot_bf16``'s instruction: each weight vector loaded once for
+    all the input rows. Eight dot products per weight vector keep the CPU busy long enough that its
+own prefetcher falls behind the weights' stream from memory; it is prefetched ``AHEAD`` values on
+(the next rows of the thread's share: 1.4x faster on 124M's products, 8 rows)."""
+    def codegen(context, builder, signature, args):
+        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        n_in = builder.extract_value(w_arr.shape, 1)
+        dots = _bf16_dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in)[0],
+                          _rows(builder, x_arr.data, args[3], TILE, n_in), n_in, ahead=AHEAD)
+        return context.make_tuple(builder, signature.return_type, dots)
+    return types.UniTuple(types.float32, TILE)(w, n, xb, m), codegen
 
 
 def _int4_pointers(context, builder, signature, args):

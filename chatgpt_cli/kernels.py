@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
 
-from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_int4, _dot_int4_pairs  # noqa: E402
+from chatgpt_cli.intrinsics import BF16_DOT, TILE, _dot_bf16, _dot_int4, _dot_int4_pairs, _tile_bf16  # noqa: E402
 
 
 def _source_hash() -> str:
@@ -302,6 +302,53 @@ def matmul(x, w, scale, bias, out, gelu):
                 b3 += x4[m + 3, k] * v
             put4(out, m, n0, (a0, a1, a2, a3), scale[n0], bias[n0], gelu)
             put4(out, m, n1, (b0, b1, b2, b3), scale[n1], bias[n1], gelu)
+
+
+@jit
+def matmul_bf16(x, w, scale, bias, out, gelu):
+    """``matmul`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, then
+    each weight row read once for ``TILE`` input rows in its dot-product instruction (``_tile_bf16``)."""
+    if w.shape[1] % 32:
+        matmul(x, w, scale, bias, out, gelu)
+        return
+    xb = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.uint16)  # zero padding rows
+    for m in range(x.shape[0]):
+        xb[m] = rounded(x[m])
+    for n in prange(w.shape[0]):
+        for m in range(0, xb.shape[0], TILE):
+            sums = _tile_bf16(w, n, xb, m)
+            for i in range(min(TILE, x.shape[0] - m)):
+                out[m + i, n] = finish(sums[i] * scale[n] + bias[n], gelu)
+
+
+def rows_product(x, w, scale, bias, out, gelu):
+    """out = x W^T * scale + bias for the rows of x (M, K), in the form's fastest kernel here."""
+
+
+@extending.overload(rows_product, inline="always")
+def _rows_product(x, w, scale, bias, out, gelu):
+    def one_at_a_time(x, w, scale, bias, out, gelu):  # int4 (decode only): its one-row kernel per row
+        for m in range(x.shape[0]):
+            product(x[m], w, scale, bias, out[m], gelu)
+    if w.dtype == types.uint8:
+        return one_at_a_time
+    if w.dtype == types.uint16 and BF16_DOT:
+        tiles = matmul_bf16
+    else:
+        tiles = matmul
+
+    def rows(x, w, scale, bias, out, gelu):
+        if x.shape[0] == 1:
+            product(x[0], w, scale, bias, out[0], gelu)
+        else:
+            tiles(x, w, scale, bias, out, gelu)
+    return rows
+
+
+@njit(fastmath=True, cache=True, error_model="numpy")
+def few_rows(x, w, scale, bias, out, gelu):
+    """``rows_product``, called from Python (layers.py)."""
+    rows_product(x, w, scale, bias, out, gelu)
 
 
 @jit

@@ -134,7 +134,7 @@ class Linear(nn.Module):
         """Called before decoding ``-N`` samples together (a form may make a faster layout)."""
 
     def kernel(self, kind: str):
-        """The ``one_row`` or ``matmul`` kernel, looked up once (a decode step makes ~50 calls)."""
+        """The ``one_row`` or ``few_rows`` kernel, looked up once (a decode step makes ~50 calls)."""
         if kind not in self._kernels:
             self._kernels[kind] = getattr(load_kernels(), kind)
         return self._kernels[kind]
@@ -146,7 +146,7 @@ class Linear(nn.Module):
     def few_rows(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) float32, 1 < M <= KERNEL_ROWS, on the CPU -> (M, out)."""
         out = torch.empty(len(x), self.out_features)
-        self.kernel("matmul")(x.contiguous().numpy(), *self.arrays, self.bias_np, out.numpy(), self.gelu)
+        self.kernel("few_rows")(x.contiguous().numpy(), *self.arrays, self.bias_np, out.numpy(), self.gelu)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
         got = layer(x)
         assert got.shape == (1, rows, shape[0]) and got.dtype == torch.float32
         kernel = (rows == 1 or (rows <= KERNEL_ROWS and not onednn)) and kind is not Int4Linear
-        bf16_dot = rows == 1 and kind is BFloat16Linear and load_kernels().BF16_DOT  # x rounded to bfloat16
+        bf16_dot = kernel and kind is BFloat16Linear and load_kernels().BF16_DOT  # x rounded to bfloat16
         tol = 1e-4 if (kernel and not bf16_dot) or kind is Float32Linear else 2e-2  # else bfloat16 inputs
         torch.testing.assert_close(got, want, atol=tol * 10, rtol=tol)
     assert (layer.packed is not None) == onednn if kind is BFloat16Linear else True  # made on first use
@@ -171,6 +171,36 @@ def test_the_fused_decode_step_equals_the_models_forward(tiny_dir, dtype):
         torch.testing.assert_close(a.k_cache[:, :, :len(ids)].float(), b.k_cache[:, :, :len(ids)].float(),
                                    atol=1e-5, rtol=1e-2)
         torch.testing.assert_close(a.v_cache[:, :, :len(ids)].float(), b.v_cache[:, :, :len(ids)].float(),
+                                   atol=1e-5, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_the_fused_step_of_a_batch_equals_the_models_forward(tiny_dir, dtype):
+    """-N: the fused step of B rows at once (each weight read once for all of them) computes what
+    GPT.forward computes for the batch, row by row, and writes each row's keys and values."""
+    model = load_model(tiny_dir, dtype=dtype).model
+    fused, plain = Engine(model), Engine(model)
+    assert fused.batch_decode is not None
+    ids, rows = [464, 2068, 7586, 21831, 18045, 625, 262, 16931], 3
+    with torch.inference_mode():
+        caches = {}
+        for engine in (fused, plain):
+            engine._own_caches()
+            prefill(model, ids[:3], 0)
+            engine._widen(rows, 3)
+            caches[id(engine)] = [block.attn.kv_cache for block in model.transformer.h]
+        for i in range(3, len(ids)):
+            tokens = [ids[i], ids[i - 1], 50256][:rows]  # different tokens in each row
+            for block, cache in zip(model.transformer.h, caches[id(fused)], strict=True):
+                block.attn.kv_cache = cache
+            got = fused.batch_decode(tokens, i)
+            for block, cache in zip(model.transformer.h, caches[id(plain)], strict=True):
+                block.attn.kv_cache = cache
+            want = plain._run([[t] for t in tokens], i)
+            assert got.shape == (rows, model.lm_head.out_features)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for a, b in zip(caches[id(fused)], caches[id(plain)], strict=True):
+        torch.testing.assert_close(a.k_cache[:, :, :len(ids)].float(), b.k_cache[:, :, :len(ids)].float(),
                                    atol=1e-5, rtol=1e-2)
 
 
