@@ -193,8 +193,8 @@ class Engine:
         seqs = [list(tokens) for _ in range(n)]
         logits = first.expand(n, -1)  # (n, vocab)
         length = len(tokens)
-        if n > 1:
-            prepare_batches(self.model)
+        if n > 1 and not self.batch_decode:
+            prepare_batches(self.model)  # the model's forward takes the batch: its layers' layouts for it
         try:
             self._widen(n, length)
             for step in range(max_new_tokens):
