@@ -8,7 +8,8 @@ the arrays the layers already hold (layers.py), in the model's order:
     x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))      then   logits = lm_head(ln_f(x))
 
 It computes what ``GPT.forward`` computes for one token (a test holds them together), and is used
-when every product of the model is one of the numba forms (float32, bfloat16, int8; int4 on a CPU
+for one row and for the rows of ``-N`` samples alike (x is (B, n_embd)), when every product of the
+model is one of the numba forms (float32, bfloat16, int8; int4 on a CPU
 with AVX-512 BF16) and the cache is the fused one; otherwise decode runs the model's forward
 (generate.decode_one).
 """

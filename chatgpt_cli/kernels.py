@@ -4,8 +4,9 @@ Decoding multiplies one vector (or the few rows of ``-N`` samples) by every weig
 speed is how fast the weights stream from memory. Each product here is the plain dot product of an
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
-sum). With several input rows, each weight is read from memory once for all of them, two weight
-rows by four input rows at a time. Each kernel is written once for every form of stored weight
+sum). With several input rows (``rows_product``), each weight is read from memory once for all
+of them: two weight rows by four input rows at a time, or in bfloat16 with AVX-512 BF16 one weight
+row by eight input rows (``matmul_bf16``). Each kernel is written once for every form of stored weight
 (numba compiles one version per form; int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
@@ -15,7 +16,8 @@ rows by four input rows at a time. Each kernel is written once for every form of
   one row of input is then quantized to int16 and multiplied in integers (``matvec_int8``).
 
 On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instruction
-(``matvec_bf16``); ``product`` picks each form's fastest kernel.
+(``matvec_bf16``); ``product`` (one row) and ``rows_product`` (a batch) pick each form's fastest
+kernel.
 
 ``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
