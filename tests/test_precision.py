@@ -307,15 +307,21 @@ def test_greedy_int4_is_deterministic(tiny_dir):
     assert runs[0] == runs[1] and len(runs[0]) == 6
 
 
-def test_the_blocked_bfloat16_copy_is_made_for_batches_only(tiny_dir):
-    """A short prompt (a few rows) runs the few-rows kernel; only -N makes oneDNN's copy of the weights."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_blocked_bfloat16_copy_is_made_for_batches_only(tiny_dir, fused):
+    """A short prompt (a few rows) runs the few-rows kernel; -N in the fused step reads the weights
+    as stored; only a batch through the model's forward makes oneDNN's copy of the weights."""
     loaded = load_model(tiny_dir, dtype="bfloat16")
     layers = [m for m in loaded.model.modules() if isinstance(m, BFloat16Linear)]
     engine = Engine(loaded.model)
+    assert engine.batch_decode is not None  # bfloat16 decodes in the fused step on any CPU
+    if not fused:
+        engine.batch_decode = None
     list(engine.generate([1, 2, 3, 4, 5], 3, SamplingOptions(temperature=0)))
     assert layers and all(m.packed is None for m in layers)
     list(engine.generate_batch([1, 2, 3], 3, SamplingOptions(temperature=0), 2))
-    assert all((m.packed is not None) == native_bf16(torch.device("cpu")) for m in layers)
+    made = not engine.batch_decode and native_bf16(torch.device("cpu"))
+    assert all((m.packed is not None) == made for m in layers)
 
 
 @pytest.mark.parametrize("n_in", [32, 768, 3072, 6400])
