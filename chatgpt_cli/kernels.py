@@ -5,8 +5,9 @@ speed is how fast the weights stream from memory. Each product here is the plain
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
 sum). With several input rows (``rows_product``), each weight is read from memory once for all
-of them: two weight rows by four input rows at a time, or in bfloat16 with AVX-512 BF16 one weight
-row by eight input rows (``matmul_bf16``). Each kernel is written once for every form of stored weight
+of them: two weight rows by four input rows at a time, or one weight row by eight input rows in
+bfloat16 with AVX-512 BF16 (``matmul_bf16``) and in int8 integers (``matmul_int8``). Each kernel
+is written once for every form of stored weight
 (numba compiles one version per form; int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
@@ -42,7 +43,7 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
 
-from chatgpt_cli.intrinsics import BF16_DOT, TILE, _dot_bf16, _dot_int4, _dot_int4_pairs, _tile_bf16  # noqa: E402
+from chatgpt_cli.intrinsics import BF16_DOT, TILE, _dot_bf16, _dot_int4, _dot_int4_pairs, _tile_bf16, _tile_int8  # noqa: E402
 
 
 def _source_hash() -> str:
@@ -323,6 +324,25 @@ def matmul_bf16(x, w, scale, bias, out, gelu):
                 out[m + i, n] = finish(sums[i] * scale[n] + bias[n], gelu)
 
 
+@jit
+def matmul_int8(x, q, scale, bias, out, gelu):
+    """``matmul`` for int8 weights, in integers: each row of x quantized to int16 (``quantize16``),
+    then each weight row read once for ``TILE`` input rows, exact 32-bit sums (``_tile_int8``)."""
+    (n_out, n_in), n_rows = q.shape, x.shape[0]
+    if n_in % 32:
+        matmul(x, q, scale, bias, out, gelu)
+        return
+    xq = np.zeros(((n_rows + TILE - 1) // TILE * TILE, n_in), np.int16)  # zero padding rows
+    xs = np.zeros(xq.shape[0], np.float32)
+    for m in range(n_rows):
+        xq[m], xs[m] = quantize16(x[m], n_in)
+    for n in prange(n_out):
+        for m in range(0, xq.shape[0], TILE):
+            sums = _tile_int8(q, n, xq, m)
+            for i in range(min(TILE, n_rows - m)):
+                out[m + i, n] = finish(np.float32(sums[i]) * (xs[m + i] * scale[n]) + bias[n], gelu)
+
+
 def rows_product(x, w, scale, bias, out, gelu):
     """out = x W^T * scale + bias for the rows of x (M, K), in the form's fastest kernel here."""
 
@@ -336,6 +356,8 @@ def _rows_product(x, w, scale, bias, out, gelu):
         return one_at_a_time
     if w.dtype == types.uint16 and BF16_DOT:
         tiles = matmul_bf16
+    elif w.dtype == types.int8:
+        tiles = matmul_int8
     else:
         tiles = matmul
 

@@ -327,7 +327,7 @@ def test_the_blocked_bfloat16_copy_is_made_for_batches_only(tiny_dir, fused):
 @pytest.mark.parametrize("n_in", [32, 768, 3072, 6400])
 @pytest.mark.parametrize("sign", [1, -1])
 def test_int8_integer_dot_products_never_overflow(n_in, sign):
-    """The worst case of matvec_int8's 32-bit sums: every weight at +-127, every input at the
+    """The worst case of matvec_int8's and matmul_int8's 32-bit sums: every weight at +-127, every input at the
     vector's largest value; the result is still the exact product."""
     k = load_kernels()
     q = np.full((3, n_in), 127 * sign, np.int8)
@@ -337,9 +337,15 @@ def test_int8_integer_dot_products_never_overflow(n_in, sign):
     k.matvec_int8(x, q, scale, bias, out, False)
     want = (x.astype(np.float64) @ q.T.astype(np.float64)) * 0.5
     np.testing.assert_allclose(out, want, rtol=1e-4)
+    rows = np.stack([x, -x, x])  # the few-rows kernel (-N), each row quantized on its own
+    out_rows = np.empty((3, 3), np.float32)
+    k.matmul_int8(rows, q, scale, bias, out_rows, False)
+    np.testing.assert_allclose(out_rows, np.stack([want, -want, want]), rtol=1e-4)
     x[:] = 1e3  # all one sign: the largest sum there is
     k.matvec_int8(x, q, scale, bias, out, False)
     np.testing.assert_allclose(out, np.full(3, sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
+    k.matmul_int8(np.stack([x] * 9), q, scale, bias, (out_rows := np.empty((9, 3), np.float32)), False)
+    np.testing.assert_allclose(out_rows, np.full((9, 3), sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
 
 
 @pytest.mark.parametrize("n_in", [32, 768, 40])
