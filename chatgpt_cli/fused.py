@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from chatgpt_cli.kernels import attend, rows_product, widen
+from chatgpt_cli.kernels import attend, widen
+from chatgpt_cli.kernels_rows import rows_product
 from chatgpt_cli.layers import FusedKVCache, Int4Linear, Linear, bits
 from chatgpt_cli.model import GPT
 

@@ -48,11 +48,6 @@ def _sum_lanes(builder, v):
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
-def _load(builder, base, at, vector):
-    """The vector of type ``vector`` at element ``at`` of the array data ``base``."""
-    return builder.load(builder.bitcast(builder.gep(base, [at]), vector.as_pointer()), align=1)
-
-
 def _rows(builder, data, first, count, n_in):
     """Pointers to rows first, first + 1, ... of a C-contiguous (rows, n_in) array's data."""
     return [builder.gep(data, [builder.mul(builder.add(first, ir.Constant(first.type, i)), n_in)])

@@ -4,10 +4,8 @@ Decoding multiplies one vector (or the few rows of ``-N`` samples) by every weig
 speed is how fast the weights stream from memory. Each product here is the plain dot product of an
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
-sum). With several input rows (``rows_product``), each weight is read from memory once for all
-of them: two weight rows by four input rows at a time, or one weight row by eight input rows in
-bfloat16 with AVX-512 BF16 (``matmul_bf16``) and in int8 integers (``matmul_int8``). Each kernel
-is written once for every form of stored weight
+sum). Several input rows at once (``-N``) are kernels_rows.py's. Each kernel is written once for
+every form of stored weight
 (numba compiles one version per form; int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
@@ -17,15 +15,15 @@ is written once for every form of stored weight
   one row of input is then quantized to int16 and multiplied in integers (``matvec_int8``).
 
 On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instruction
-(``matvec_bf16``); ``product`` (one row) and ``rows_product`` (a batch) pick each form's fastest
-kernel.
+(``matvec_bf16``); ``product`` picks each form's fastest kernel.
 
 ``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
-folder named by a hash of this file, intrinsics.py and fused.py, so only the first run on a machine (or of a new
-version) compiles (a few seconds); the cache is set before numba is imported.
+folder named by a hash of this file, kernels_rows.py, intrinsics.py and fused.py, so only the
+first run on a machine (or of a new version) compiles (a few seconds); the cache is set before
+numba is imported.
 """
 
 from __future__ import annotations
@@ -43,14 +41,14 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
 
-from chatgpt_cli.intrinsics import BF16_DOT, TILE, _dot_bf16, _dot_int4, _dot_int4_pairs, _tile_bf16, _tile_int8  # noqa: E402
+from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_int4, _dot_int4_pairs  # noqa: E402
 
 
 def _source_hash() -> str:
     """A hash of the kernels' source: numba checks only the file a cached function is in, so code
     compiled against an older version of a kernel it calls would otherwise still be loaded."""
     here = Path(__file__).parent
-    files = ("kernels.py", "intrinsics.py", "fused.py")
+    files = ("kernels.py", "kernels_rows.py", "intrinsics.py", "fused.py")
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 
@@ -263,116 +261,6 @@ def _product(x, w, scale, bias, out, gelu):
 def one_row(x, w, scale, bias, out, gelu):
     """``product``, called from Python (layers.py)."""
     product(x, w, scale, bias, out, gelu)
-
-
-# --- a few rows at once (-N samples decoded together) ---------------------------------------------
-# Two weight rows times four input rows at a time: eight sums side by side, each weight and each
-# input value loaded once for all of them (x is padded with zero rows to a multiple of four).
-
-@njit(inline="always", cache=True, error_model="numpy")
-def padded4(x):
-    """x (M, K) with zero rows added up to a multiple of four."""
-    x4 = np.zeros(((x.shape[0] + 3) // 4 * 4, x.shape[1]), np.float32)
-    x4[:x.shape[0]] = x
-    return x4
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def put4(out, m, n, sums, scale, bias, gelu):
-    """out[m + i, n] = sums[i] * scale + bias for the rows of x that exist (not the padding)."""
-    for i in range(4):
-        if m + i < out.shape[0]:
-            out[m + i, n] = finish(sums[i] * scale + bias, gelu)
-
-
-@jit
-def matmul(x, w, scale, bias, out, gelu):
-    """out[m, n] = (x[m] . w[n]) * scale[n] + bias[n]: x (M, K) a few rows, w (N, K) any form."""
-    x4, (n_out, n_in) = padded4(x), w.shape
-    for p in prange((n_out + 1) // 2):
-        n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)  # an odd last row pairs with itself
-        for m in range(0, x4.shape[0], 4):
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for k in range(n_in):
-                u, v = widen(w[n0, k]), widen(w[n1, k])
-                a0 += x4[m, k] * u
-                a1 += x4[m + 1, k] * u
-                a2 += x4[m + 2, k] * u
-                a3 += x4[m + 3, k] * u
-                b0 += x4[m, k] * v
-                b1 += x4[m + 1, k] * v
-                b2 += x4[m + 2, k] * v
-                b3 += x4[m + 3, k] * v
-            put4(out, m, n0, (a0, a1, a2, a3), scale[n0], bias[n0], gelu)
-            put4(out, m, n1, (b0, b1, b2, b3), scale[n1], bias[n1], gelu)
-
-
-@jit
-def matmul_bf16(x, w, scale, bias, out, gelu):
-    """``matmul`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, then
-    each weight row read once for ``TILE`` input rows in its dot-product instruction (``_tile_bf16``)."""
-    if w.shape[1] % 32:
-        matmul(x, w, scale, bias, out, gelu)
-        return
-    xb = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.uint16)  # zero padding rows
-    for m in range(x.shape[0]):
-        xb[m] = rounded(x[m])
-    for n in prange(w.shape[0]):
-        for m in range(0, xb.shape[0], TILE):
-            sums = _tile_bf16(w, n, xb, m)
-            for i in range(min(TILE, x.shape[0] - m)):
-                out[m + i, n] = finish(sums[i] * scale[n] + bias[n], gelu)
-
-
-@jit
-def matmul_int8(x, q, scale, bias, out, gelu):
-    """``matmul`` for int8 weights, in integers: each row of x quantized to int16 (``quantize16``),
-    then each weight row read once for ``TILE`` input rows, exact 32-bit sums (``_tile_int8``)."""
-    (n_out, n_in), n_rows = q.shape, x.shape[0]
-    if n_in % 32:
-        matmul(x, q, scale, bias, out, gelu)
-        return
-    xq = np.zeros(((n_rows + TILE - 1) // TILE * TILE, n_in), np.int16)  # zero padding rows
-    xs = np.zeros(xq.shape[0], np.float32)
-    for m in range(n_rows):
-        xq[m], xs[m] = quantize16(x[m], n_in)
-    for n in prange(n_out):
-        for m in range(0, xq.shape[0], TILE):
-            sums = _tile_int8(q, n, xq, m)
-            for i in range(min(TILE, n_rows - m)):
-                out[m + i, n] = finish(np.float32(sums[i]) * (xs[m + i] * scale[n]) + bias[n], gelu)
-
-
-def rows_product(x, w, scale, bias, out, gelu):
-    """out = x W^T * scale + bias for the rows of x (M, K), in the form's fastest kernel here."""
-
-
-@extending.overload(rows_product, inline="always")
-def _rows_product(x, w, scale, bias, out, gelu):
-    def one_at_a_time(x, w, scale, bias, out, gelu):  # int4 (decode only): its one-row kernel per row
-        for m in range(x.shape[0]):
-            product(x[m], w, scale, bias, out[m], gelu)
-    if w.dtype == types.uint8:
-        return one_at_a_time
-    if w.dtype == types.uint16 and BF16_DOT:
-        tiles = matmul_bf16
-    elif w.dtype == types.int8:
-        tiles = matmul_int8
-    else:
-        tiles = matmul
-
-    def rows(x, w, scale, bias, out, gelu):
-        if x.shape[0] == 1:
-            product(x[0], w, scale, bias, out[0], gelu)
-        else:
-            tiles(x, w, scale, bias, out, gelu)
-    return rows
-
-
-@njit(fastmath=True, cache=True, error_model="numpy")
-def few_rows(x, w, scale, bias, out, gelu):
-    """``rows_product``, called from Python (layers.py)."""
-    rows_product(x, w, scale, bias, out, gelu)
 
 
 @jit

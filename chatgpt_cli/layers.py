@@ -136,7 +136,10 @@ class Linear(nn.Module):
     def kernel(self, kind: str):
         """The ``one_row`` or ``few_rows`` kernel, looked up once (a decode step makes ~50 calls)."""
         if kind not in self._kernels:
-            self._kernels[kind] = getattr(load_kernels(), kind)
+            load_kernels()  # sets numba's cache directory first
+            from chatgpt_cli import kernels_rows
+
+            self._kernels[kind] = getattr(load_kernels() if kind == "one_row" else kernels_rows, kind)
         return self._kernels[kind]
 
     def product_arrays(self) -> tuple:

@@ -330,6 +330,8 @@ def test_int8_integer_dot_products_never_overflow(n_in, sign):
     """The worst case of matvec_int8's and matmul_int8's 32-bit sums: every weight at +-127, every input at the
     vector's largest value; the result is still the exact product."""
     k = load_kernels()
+    from chatgpt_cli import kernels_rows
+
     q = np.full((3, n_in), 127 * sign, np.int8)
     x = np.full(n_in, 1e3, np.float32)
     x[::7] = -1e3  # mixed signs, but the largest magnitude everywhere
@@ -339,12 +341,12 @@ def test_int8_integer_dot_products_never_overflow(n_in, sign):
     np.testing.assert_allclose(out, want, rtol=1e-4)
     rows = np.stack([x, -x, x])  # the few-rows kernel (-N), each row quantized on its own
     out_rows = np.empty((3, 3), np.float32)
-    k.matmul_int8(rows, q, scale, bias, out_rows, False)
+    kernels_rows.matmul_int8(rows, q, scale, bias, out_rows, False)
     np.testing.assert_allclose(out_rows, np.stack([want, -want, want]), rtol=1e-4)
     x[:] = 1e3  # all one sign: the largest sum there is
     k.matvec_int8(x, q, scale, bias, out, False)
     np.testing.assert_allclose(out, np.full(3, sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
-    k.matmul_int8(np.stack([x] * 9), q, scale, bias, (out_rows := np.empty((9, 3), np.float32)), False)
+    kernels_rows.matmul_int8(np.stack([x] * 9), q, scale, bias, (out_rows := np.empty((9, 3), np.float32)), False)
     np.testing.assert_allclose(out_rows, np.full((9, 3), sign * 127 * 1e3 * n_in * 0.5), rtol=1e-4)
 
 
