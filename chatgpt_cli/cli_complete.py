@@ -113,6 +113,7 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
         painter = console() if show_probs and sys.stdout.isatty() else None
     t0 = time.perf_counter()
     first, n, finish = None, 0, "interrupted"
+    shown = ""  # what has been written: the log holds no more than that, even when cut short mid-token
     try:
         for token in engine.generate(ids, max_tokens, options, stop_at_eot=not ignore_eos, on_step=recorder):
             n += 1
@@ -129,17 +130,19 @@ def run_completion(loaded: LoadedModel, text: str, options: SamplingOptions, *, 
                 sys.stdout.flush()
             else:
                 write_out(piece)
+            shown += piece
             if stream.stopped:
                 finish = "stop"
                 break
         else:
             finish = "length"
         write_out(stream.finish())
+        shown = stream.text
     finally:
         if on_end is not None:
-            on_end([Exchange(text, stream.text, len(ids), n, finish, None if first is None else first * 1000,
+            on_end([Exchange(text, shown, len(ids), n, finish, None if first is None else first * 1000,
                              engine.stats.decode_tok_s or None)])
-        if stream.text and not stream.text.endswith("\n"):
+        if shown and not shown.endswith("\n"):
             write_out("\n")
     if recorder is not None and alternatives:
         from chatgpt_cli.render import console, print_alternatives
