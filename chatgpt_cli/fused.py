@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from chatgpt_cli.kernels import attend, widen
+from chatgpt_cli.kernels import widen
+from chatgpt_cli.kernels_attend import attend
 from chatgpt_cli.kernels_rows import rows_product
 from chatgpt_cli.layers import FusedKVCache, Int4Linear, Linear, bits
 from chatgpt_cli.model import GPT

@@ -1,11 +1,11 @@
-"""CPU kernels for generating tokens: a few rows times a matrix, and attention, compiled by numba.
+"""CPU kernels for generating tokens: one row times a matrix, compiled by numba.
 
 Decoding multiplies one vector (or the few rows of ``-N`` samples) by every weight matrix, so its
 speed is how fast the weights stream from memory. Each product here is the plain dot product of an
 input row with one row of the weight, a weight row per output, the weight rows split over the
 threads (``prange``); numba's LLVM vectorizes the inner loop (``fastmath`` lets it reorder the
-sum). Several input rows at once (``-N``) are kernels_rows.py's. Each kernel is written once for
-every form of stored weight
+sum). Several input rows at once (``-N``) are kernels_rows.py's, the attention over the KV cache
+kernels_attend.py's. Each kernel is written once for every form of stored weight
 (numba compiles one version per form; int4 runs torch's own int4 kernel, see layers.py):
 
 - float32 rows;
@@ -21,9 +21,9 @@ On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instructio
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
-folder named by a hash of this file, kernels_rows.py, intrinsics.py and fused.py, so only the
-first run on a machine (or of a new version) compiles (a few seconds); the cache is set before
-numba is imported.
+folder named by a hash of this file, kernels_rows.py, kernels_attend.py, intrinsics.py and
+fused.py, so only the first run on a machine (or of a new version) compiles (a few seconds); the
+cache is set before numba is imported.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _source_hash() -> str:
     """A hash of the kernels' source: numba checks only the file a cached function is in, so code
     compiled against an older version of a kernel it calls would otherwise still be loaded."""
     here = Path(__file__).parent
-    files = ("kernels.py", "kernels_rows.py", "intrinsics.py", "fused.py")
+    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "intrinsics.py", "fused.py")
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 
@@ -261,32 +261,3 @@ def _product(x, w, scale, bias, out, gelu):
 def one_row(x, w, scale, bias, out, gelu):
     """``product``, called from Python (layers.py)."""
     product(x, w, scale, bias, out, gelu)
-
-
-@jit
-def attend(q, k_new, v_new, k_cache, v_cache, pos, out):
-    """One new token's attention; its key and value are first written at ``pos`` in the cache.
-
-    q, k_new, v_new, out (B, nh, hs) float32; k_cache, v_cache (B, nh, max_len, hs), float32 or
-    bfloat16 bits (half the bytes to read per token). Per row and head:
-    out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
-    """
-    rows, n_head, hs = q.shape
-    for bh in prange(rows * n_head):
-        b, h = bh // n_head, bh % n_head
-        for d in range(hs):
-            k_cache[b, h, pos, d] = stored(k_new[b, h, d], k_cache)
-            v_cache[b, h, pos, d] = stored(v_new[b, h, d], v_cache)
-        scores = np.empty(pos + 1, dtype=np.float32)
-        for t in range(pos + 1):
-            acc = np.float32(0.0)
-            for d in range(hs):
-                acc += q[b, h, d] * widen(k_cache[b, h, t, d])
-            scores[t] = acc / np.float32(math.sqrt(hs))
-        weights = np.exp(scores - scores.max())  # a stable softmax
-        weights /= weights.sum()
-        acc_v = np.zeros(hs, dtype=np.float32)
-        for t in range(pos + 1):
-            for d in range(hs):
-                acc_v[d] += weights[t] * widen(v_cache[b, h, t, d])
-        out[b, h] = acc_v

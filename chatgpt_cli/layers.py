@@ -35,6 +35,14 @@ def load_kernels():
     return k
 
 
+def load_attention():
+    """kernels_attend.attend, imported on first use (after kernels.py has set numba's cache)."""
+    load_kernels()
+    from chatgpt_cli.kernels_attend import attend
+
+    return attend
+
+
 def use_torch_threads() -> None:
     """The kernels run on as many threads as torch's products (``bench --threads``)."""
     import numba
@@ -118,10 +126,10 @@ class Linear(nn.Module):
 
     kernel_name = ""
 
-    def __init__(self, out_features: int, bias: torch.Tensor | None, gelu: bool) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> None:
         super().__init__()
-        self.out_features, self.gelu = out_features, gelu
-        b = torch.zeros(out_features) if bias is None else bias.detach()
+        self.out_features, self.gelu = weight.shape[0], gelu
+        b = torch.zeros(self.out_features, device=weight.device) if bias is None else bias.detach()
         self.register_buffer("bias", b.float() if b.device.type == "cpu" else b)
         self.arrays: tuple = ()
         self._kernels: dict = {}
@@ -171,7 +179,7 @@ class Float32Linear(Linear):
     kernel_name = "f32"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
-        super().__init__(weight.shape[0], bias, gelu)
+        super().__init__(weight, bias, gelu)
         self.register_buffer("weight", weight.float().contiguous())
         self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
 
@@ -183,7 +191,7 @@ class BFloat16Linear(Linear):
     kernel_name = "bf16"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
-        super().__init__(weight.shape[0], bias, gelu)
+        super().__init__(weight, bias, gelu)
         self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
         self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
         self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, for -N
@@ -212,7 +220,7 @@ class Int8Linear(Linear):
     kernel_name = "int8"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
-        super().__init__(weight.shape[0], bias, gelu)
+        super().__init__(weight, bias, gelu)
         codes, scales = quantize_rows(weight)
         self.register_buffer("weight", codes)
         self.register_buffer("scales", scales)
@@ -233,7 +241,7 @@ class Int4Linear(Linear):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
-        super().__init__(weight.shape[0], bias, gelu)
+        super().__init__(weight, bias, gelu)
         packed, scale, offset = quantize_groups(weight)
         self.in_features = weight.shape[1]
         if weight.device.type == "cpu" and load_kernels().BF16_DOT:  # the decode kernel's copy
@@ -286,7 +294,7 @@ class Int4Linear(Linear):
 
 
 class FusedKVCache(KVCache):
-    """A KV cache whose one-token attention is a single kernel (kernels.attend) that writes the
+    """A KV cache whose one-token attention is a single kernel (kernels_attend.attend) that writes the
     new key and value and attends over the cache; prompts go through torch as usual."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -299,7 +307,7 @@ class FusedKVCache(KVCache):
         if q.shape[2] != 1 or q.dtype != torch.float32:
             return super().attend(q, k, v, input_pos, last_only)
         out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
-        self.kernel = self.kernel or load_kernels().attend
+        self.kernel = self.kernel or load_attention()
         self.kernel(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(), v[:, :, 0].contiguous().numpy(),
                     *self.arrays, int(input_pos[0]), out.numpy())
         return out.view(q.shape)  # (B, nh, 1, hs)

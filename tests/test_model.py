@@ -186,3 +186,38 @@ def test_cuda_graph_decode_matches_the_cpu(tiny_dir, dtype):
     torch.testing.assert_close(torch.stack(steps).float().cpu(), torch.stack(want_steps), atol=tol, rtol=tol)
     if dtype == "float32":
         assert got == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
+def test_cuda_samples_and_every_dtype_run(tiny_dir, dtype):
+    """-N on the GPU (the prompt through the graph engine's static cache, then the batch widened
+    from it): every row the same greedy tokens, in float32 the single sample's and the CPU's."""
+    greedy = SamplingOptions(temperature=0)
+    gpu = Engine(load_model(tiny_dir, dtype=dtype, device="cuda").model)
+    prompt = [464, 3290, 318, 257]
+    one = list(gpu.generate(prompt, 12, greedy, stop_at_eot=False))
+    rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for out in gpu.generate_batch(prompt, 12, greedy, 3, stop_at_eot=False):
+        for r, t in out.items():
+            rows[r].append(t)
+    assert rows[0] == rows[1] == rows[2] and rows[0][0] == one[0]  # the first token comes from the prefill
+    if dtype == "float32":
+        assert rows[0] == one
+        cpu = Engine(load_model(tiny_dir, dtype="float32", device="cpu").model)
+        assert one == list(cpu.generate(prompt, 12, greedy, stop_at_eot=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_complete_prints_the_cpus_greedy_text(tiny_dir):
+    from typer.testing import CliRunner
+
+    from chatgpt_cli.cli import app
+
+    def complete(device: str) -> str:
+        r = CliRunner().invoke(app, ["complete", "The cat", "-m", str(tiny_dir), "--device", device,
+                                     "--dtype", "float32", "-t", "0", "-n", "16"])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    assert complete("cuda") == complete("cpu")

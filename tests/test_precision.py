@@ -112,22 +112,36 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_fused_attention_equals_torchs(cache_dtype, batch):
+@pytest.mark.parametrize("hs", [16, 64])  # 64: the LLVM IR passes (16 keys a step, then the rest one by one)
+def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
     torch.manual_seed(0)
-    n_head, hs, max_len = 3, 16, 40
+    n_head, max_len = 3, 40
     fused = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
     plain = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
-    for pos in range(12):
+    for pos in range(max_len):  # 1 to 40 keys: none, one or two full steps of 16 and every remainder
         if pos == 8 and batch > 1:  # rows that end leave the batch (-N)
             keep = torch.tensor([0, 2])
             fused.narrow(keep)
             plain.narrow(keep)
         q, k, v = (torch.randn(fused.k_cache.shape[0], n_head, 1, hs) for _ in range(3))
+        q *= 1 + pos % 4  # sharper and flatter weights
         got = fused.attend(q, k, v, torch.tensor([pos]))  # the kernel
         keys, values = plain.update(torch.tensor([pos]), k, v)  # torch's, on the same cache
         want = F.scaled_dot_product_attention(q, keys.float(), values.float())
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
         assert torch.equal(fused.k_cache[:, :, :pos + 1], keys) and torch.equal(fused.v_cache[:, :, :pos + 1], values)
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0, 30.0, 300.0])  # 300: most weights underflow to zero
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 800])
+def test_attention_softmax_equals_torchs(spread, n):
+    from chatgpt_cli.kernels_attend import softmax
+
+    scores = torch.randn(n, generator=torch.Generator().manual_seed(n)) * spread
+    got = scores.clone().numpy()
+    softmax(got)  # in place
+    want = torch.softmax(scores.double(), 0)
+    torch.testing.assert_close(torch.from_numpy(got).double(), want, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
@@ -212,6 +226,17 @@ def test_other_precisions_decode_through_the_models_forward(tiny_dir, dtype, fas
         pytest.skip("here int4 decodes in the fused step")
     engine = Engine(load_model(tiny_dir, dtype=dtype, fast=fast).model)
     assert not isinstance(engine.decode, FusedDecoder)
+
+
+@pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])  # the layers GPU schemes use (the others are the CPU's)
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_layer_keeps_its_tensors_on_the_weights_device(kind, bias):
+    """On a GPU a layer's buffers (an absent bias's zeros too) must be where its weight is: "meta"
+    stands in for the GPU here (no data, only devices and shapes)."""
+    weight = torch.empty(48, 64, device="meta")
+    layer = kind(weight, torch.empty(48, device="meta") if bias else None)
+    assert {t.device.type for t in layer.buffers()} == {"meta"}
+    assert layer(torch.empty(1, 3, 64, device="meta")).shape == (1, 3, 48)
 
 
 def test_int8_from_a_gpu_scheme_widens_in_torch():

@@ -1,0 +1,212 @@
+"""One new token's attention over the KV cache on a CPU, compiled by numba (fused.py's step calls it).
+
+Per row b and head h, with the new key and value first written at ``pos``:
+
+    scores = q K^T / sqrt(hs)      weights = softmax(scores)      out = weights V
+
+over the keys 0..pos. Both passes read the whole cache of the head, so at long context they are
+most of what a token costs beyond the products. Written as plain loops (other head sizes), each
+key's score ends in a sum across the 16 lanes of a vector and each value's products go through
+an array in memory: LLVM's code then spends ~20 cycles a key, far from what the cache's bytes
+cost. For heads of 64 values (every GPT-2 size) the two passes are written in LLVM IR instead:
+
+- ``_key_scores``: 16 keys at a time, each key's 64 products in 4 vectors, the 16 keys' sums
+  then added across lanes together (``_sum_across``: 15 shuffle-and-add steps for 16 keys);
+- ``_weighted_values``: the 64 output values held in 4 vectors (two sets, for even and odd keys,
+  so that the additions do not wait on each other), each value row loaded once.
+
+The cache is float32 or bfloat16 bits (the top half of a float32: widened by a shift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import extending, njit, prange, types
+from numba.core import cgutils
+
+from chatgpt_cli.intrinsics import _declare, _sum_lanes
+from chatgpt_cli.kernels import _as_float32, jit, stored, widen
+
+HEAD = 64  # the head size the LLVM IR passes are written for (GPT-2's, at every size)
+LANES = 16  # float32 values in an AVX-512 vector
+VEC, INDEX = ir.VectorType(ir.FloatType(), LANES), ir.IntType(64)
+
+
+def _cache_at(context, builder, signature, args):
+    """For (cache, b, h, ...): a function t -> a pointer to cache[b, h, t, 0] and the cache's form."""
+    cache = context.make_array(signature.args[0])(context, builder, args[0])
+    n_head, max_len = (builder.extract_value(cache.shape, i) for i in (1, 2))
+    head = builder.mul(builder.add(builder.mul(args[1], n_head), args[2]), max_len)  # (b * nh + h) * max_len
+    bf16 = signature.args[0].dtype == types.uint16
+
+    def at(t):
+        return builder.gep(cache.data, [builder.mul(builder.add(head, t), ir.Constant(INDEX, HEAD))])
+    return at, bf16
+
+
+def _load16(builder, at, bf16: bool):
+    """16 cached values from ``at`` as float32: bfloat16 bits are shifted into a float32's top half."""
+    if not bf16:
+        return builder.load(builder.bitcast(at, VEC.as_pointer()), align=4)
+    words = builder.load(builder.bitcast(at, ir.VectorType(ir.IntType(16), LANES).as_pointer()), align=2)
+    wide = builder.shl(builder.zext(words, ir.VectorType(ir.IntType(32), LANES)),
+                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [16] * LANES))
+    return builder.bitcast(wide, VEC)
+
+
+def _offset(builder, at, i: int):
+    return builder.gep(at, [ir.Constant(INDEX, i)])
+
+
+def _dot_key(builder, fma, q, at, bf16):
+    """16 partial sums of q . key (the key's 64 values from ``at``), in one vector."""
+    acc = builder.fmul(q[0], _load16(builder, at, bf16))
+    for i in range(1, HEAD // LANES):
+        acc = builder.call(fma, [q[i], _load16(builder, _offset(builder, at, LANES * i), bf16), acc])
+    return acc
+
+
+def _sum_across(builder, vectors):
+    """16 vectors of 16 lanes -> one vector whose lane j is the sum of the lanes of vectors[j].
+
+    Each step adds pairs of vectors that hold k items of w lanes each into one vector of 2k items
+    of w / 2 lanes: the low halves of each item's lanes plus the high halves (16, 8, 4, 2, 1 lanes)."""
+    width = LANES
+    while len(vectors) > 1:
+        half, items = width // 2, LANES // width
+        low = [j * width + i for j in range(items) for i in range(half)]
+        high = [j * width + half + i for j in range(items) for i in range(half)]
+        shuffle = ir.VectorType(ir.IntType(32), LANES)
+        pairs = zip(vectors[::2], vectors[1::2], strict=True)
+        vectors = [builder.fadd(builder.shuffle_vector(a, b, ir.Constant(shuffle, low + [LANES + i for i in low])),
+                                builder.shuffle_vector(a, b, ir.Constant(shuffle, high + [LANES + i for i in high])))
+                   for a, b in pairs]
+        width = half
+    return vectors[0]
+
+
+@extending.intrinsic
+def _key_scores(typingctx, cache, b, h, n, q, scores):
+    """scores[t] = q[b, h] . cache[b, h, t] for t < n: cache (B, nh, max_len, 64) float32 or bfloat16
+    bits, q (B, nh, 64) float32, scores (>= n,) float32; 16 keys a step, the rest one at a time."""
+    def codegen(context, builder, signature, args):
+        at, bf16 = _cache_at(context, builder, signature, args)
+        fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
+        q_arr = context.make_array(signature.args[4])(context, builder, args[4])
+        n_head = builder.extract_value(q_arr.shape, 1)
+        q_at = builder.gep(q_arr.data, [builder.mul(builder.add(builder.mul(args[1], n_head), args[2]),
+                                                    ir.Constant(INDEX, HEAD))])
+        q = [_load16(builder, _offset(builder, q_at, LANES * i), False) for i in range(HEAD // LANES)]
+        out = context.make_array(signature.args[5])(context, builder, args[5]).data
+        blocks = builder.udiv(args[3], ir.Constant(INDEX, LANES))
+        with cgutils.for_range(builder, blocks) as loop:
+            first = builder.mul(loop.index, ir.Constant(INDEX, LANES))
+            dots = [_dot_key(builder, fma, q, at(builder.add(first, ir.Constant(INDEX, j))), bf16)
+                    for j in range(LANES)]
+            builder.store(_sum_across(builder, dots), builder.bitcast(builder.gep(out, [first]), VEC.as_pointer()),
+                          align=4)
+        done = builder.mul(blocks, ir.Constant(INDEX, LANES))
+        with cgutils.for_range(builder, builder.sub(args[3], done)) as loop:
+            t = builder.add(done, loop.index)
+            builder.store(_sum_lanes(builder, _dot_key(builder, fma, q, at(t), bf16)), builder.gep(out, [t]))
+        return context.get_dummy_value()
+    return types.none(cache, b, h, n, q, scores), codegen
+
+
+@extending.intrinsic
+def _weighted_values(typingctx, cache, b, h, n, weights, out):
+    """out[b, h] = sum over t < n of weights[t] * cache[b, h, t]: cache (B, nh, max_len, 64) float32
+    or bfloat16 bits, weights (>= n,) float32, out (B, nh, 64) float32."""
+    def codegen(context, builder, signature, args):
+        at, bf16 = _cache_at(context, builder, signature, args)
+        fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
+        w = context.make_array(signature.args[4])(context, builder, args[4]).data
+        out_arr = context.make_array(signature.args[5])(context, builder, args[5])
+        n_head = builder.extract_value(out_arr.shape, 1)
+        out_at = builder.gep(out_arr.data, [builder.mul(builder.add(builder.mul(args[1], n_head), args[2]),
+                                                        ir.Constant(INDEX, HEAD))])
+        parts = HEAD // LANES
+        sets = [[cgutils.alloca_once_value(builder, ir.Constant(VEC, None)) for _ in range(parts)] for _ in range(2)]
+
+        def add_value(accs, t):  # accs += weights[t] * cache[b, h, t]
+            weight = builder.load(builder.gep(w, [t]))
+            one = builder.insert_element(ir.Constant(VEC, None), weight, ir.Constant(INDEX, 0))
+            spread = builder.shuffle_vector(one, ir.Constant(VEC, None),
+                                            ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+            for i, acc in enumerate(accs):
+                value = _load16(builder, _offset(builder, at(t), LANES * i), bf16)
+                builder.store(builder.call(fma, [spread, value, builder.load(acc)]), acc)
+
+        pairs = builder.udiv(args[3], ir.Constant(INDEX, 2))
+        with cgutils.for_range(builder, pairs) as loop:
+            t = builder.mul(loop.index, ir.Constant(INDEX, 2))
+            add_value(sets[0], t)
+            add_value(sets[1], builder.add(t, ir.Constant(INDEX, 1)))
+        with builder.if_then(builder.icmp_unsigned("!=", builder.mul(pairs, ir.Constant(INDEX, 2)), args[3])):
+            add_value(sets[0], builder.sub(args[3], ir.Constant(INDEX, 1)))
+        for i in range(parts):
+            total = builder.fadd(builder.load(sets[0][i]), builder.load(sets[1][i]))
+            builder.store(total, builder.bitcast(_offset(builder, out_at, LANES * i), VEC.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(cache, b, h, n, weights, out), codegen
+
+
+@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+def softmax(scores):
+    """scores (n,) -> softmax(scores) in place, e^x written out so that the loop vectorizes (16 at
+    a time, against one call of the C library's expf per key): x - max = k ln 2 + r, |r| <= ln2 / 2,
+    e^r by Cephes' degree-7 polynomial (relative error ~1e-7), 2^k put straight into the exponent bits."""
+    top = scores.max()
+    total = np.float32(0.0)
+    for t in range(scores.shape[0]):
+        x = max(scores[t] - top, np.float32(-87.0))  # below it e^x is not a normal float32
+        k = np.floor(x * np.float32(1.442695041) + np.float32(0.5))
+        r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)  # ln 2 in two parts
+        p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        e = (p * r * r + r + np.float32(1.0)) * _as_float32(np.uint32((np.int32(k) + np.int32(127)) << np.int32(23)))
+        scores[t] = e
+        total += e
+    scores *= np.float32(1.0) / total
+
+
+@jit
+def attend(q, k_new, v_new, k_cache, v_cache, pos, out):
+    """One new token's attention; its key and value are first written at ``pos`` in the cache.
+
+    q, k_new, v_new, out (B, nh, hs) float32; k_cache, v_cache (B, nh, max_len, hs), float32 or
+    bfloat16 bits (half the bytes to read per token). Per row and head:
+    out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
+    """
+    rows, n_head, hs = q.shape
+    for bh in prange(rows * n_head):
+        b, h = bh // n_head, bh % n_head
+        for d in range(hs):
+            k_cache[b, h, pos, d] = stored(k_new[b, h, d], k_cache)
+            v_cache[b, h, pos, d] = stored(v_new[b, h, d], v_cache)
+        scores = np.empty(pos + 1, dtype=np.float32)
+        if hs == HEAD:
+            _key_scores(k_cache, b, h, pos + 1, q, scores)
+        else:
+            for t in range(pos + 1):
+                acc = np.float32(0.0)
+                for d in range(hs):
+                    acc += q[b, h, d] * widen(k_cache[b, h, t, d])
+                scores[t] = acc
+        scores *= np.float32(1.0 / math.sqrt(hs))
+        softmax(scores)
+        weights = scores
+        if hs == HEAD:
+            _weighted_values(v_cache, b, h, pos + 1, weights, out)
+        else:
+            acc_v = np.zeros(hs, dtype=np.float32)
+            for t in range(pos + 1):
+                for d in range(hs):
+                    acc_v[d] += weights[t] * widen(v_cache[b, h, t, d])
+            out[b, h] = acc_v
