@@ -82,9 +82,10 @@ def llama_worker(spec: dict) -> dict:
 
     decode_rate(ids[:8], 4)  # warm up
     runs = range(spec["runs"])
-    return {"prefill": statistics.median(prefill_rate() for _ in runs),
-            "short": statistics.median(decode_rate(ids[:8], steps) for _ in runs),
-            "long": statistics.median(decode_rate(ids[:spec["long"]], steps) for _ in runs)}
+    prefill = statistics.median(prefill_rate() for _ in runs)
+    pairs = [(decode_rate(ids[:8], steps), decode_rate(ids[:spec["long"]], steps)) for _ in runs]  # alternating
+    short, long = (statistics.median(rates) for rates in zip(*pairs, strict=True))
+    return {"prefill": prefill, "short": short, "long": long}
 
 
 def logits_worker(spec: dict) -> dict:

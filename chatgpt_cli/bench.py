@@ -95,6 +95,8 @@ def measure(model: GPT, runs: int = 3, new_tokens: int = 32, prefill_len: int = 
         next(iter(engine.generate(ids[:8], 1, SamplingOptions(0))))
 
     ttft = statistics.median(timed(first_token) for _ in range(runs))
-    short = statistics.median(decode_rate(engine, ids[:8], new_tokens) for _ in range(runs))
-    long = statistics.median(decode_rate(engine, ids[:long_context], new_tokens) for _ in range(runs))
+    # short and long runs alternate: a machine whose speed drifts moves both medians alike
+    pairs = [(decode_rate(engine, ids[:8], new_tokens), decode_rate(engine, ids[:long_context], new_tokens))
+             for _ in range(runs)]
+    short, long = (statistics.median(rates) for rates in zip(*pairs, strict=True))
     return BenchResult(prefill_len, prefill_len / prefill_s, short, long, long_context, ttft, peak_memory_mb(device))
