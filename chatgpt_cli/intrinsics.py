@@ -54,24 +54,26 @@ def _rows(builder, data, first, count, n_in):
             for i in range(count)]
 
 
-def _dots(builder, w_row, x_rows, n_in, step, ahead=0):
-    """The dot products of the weight row w_row with every row in x_rows (n_in values each, n_in a
-    multiple of 32), 32 products a step per input row into 16 sums each, the weight vector loaded
-    once a step for all the rows: ``step(builder, w_at, x_at, acc)`` is one such step (w_at, x_at
-    pointers to the 32 values). With ``ahead``, the weights that many values on are prefetched."""
+def _dots(builder, w_rows, x_rows, n_in, step, ahead=0):
+    """The dot products of every weight row in w_rows with every row in x_rows (n_in values each,
+    n_in a multiple of 32), 32 products a step per pair into 16 sums each, each weight and input
+    vector loaded once a step for all the pairs: ``step(builder, w, x_at, acc)`` is one such step
+    (w the loaded weights, x_at a pointer to the 32 inputs). With ``ahead``, the weights that many
+    values on are prefetched. Returns the sums as [weight row][input row]."""
     i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
     prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), (i8p, i32, i32, i32))
     zero = step.zero
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(zero, None)) for _ in x_rows]
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(zero, None)) for _ in x_rows] for _ in w_rows]
     with cgutils.for_range(builder, builder.udiv(n_in, ir.Constant(n_in.type, 32))) as loop:
         at = builder.mul(loop.index, ir.Constant(n_in.type, 32))
-        if ahead:  # (address, read, keep in every cache level, data)
-            later = builder.bitcast(builder.gep(w_row, [builder.add(at, ir.Constant(at.type, ahead))]), i8p)
-            builder.call(prefetch, [later, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        w = step.weights(builder, builder.gep(w_row, [at]))
-        for acc, row in zip(accs, x_rows, strict=True):
-            builder.store(step(builder, w, builder.gep(row, [at]), builder.load(acc)), acc)
-    return [_sum_lanes(builder, builder.load(acc)) for acc in accs]
+        for w_row, row_accs in zip(w_rows, accs, strict=True):
+            if ahead:  # (address, read, keep in every cache level, data)
+                later = builder.bitcast(builder.gep(w_row, [builder.add(at, ir.Constant(at.type, ahead))]), i8p)
+                builder.call(prefetch, [later, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            w = step.weights(builder, builder.gep(w_row, [at]))
+            for acc, row in zip(row_accs, x_rows, strict=True):
+                builder.store(step(builder, w, builder.gep(row, [at]), builder.load(acc)), acc)
+    return [[_sum_lanes(builder, builder.load(acc)) for acc in row_accs] for row_accs in accs]
 
 
 class _BF16Step:
@@ -116,36 +118,50 @@ def _dot_bf16(typingctx, w, n, xb):
         w_arr = context.make_array(signature.args[0])(context, builder, args[0])
         x_arr = context.make_array(signature.args[2])(context, builder, args[2])
         n_in = builder.extract_value(w_arr.shape, 1)
-        return _dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in)[0], [x_arr.data], n_in, _BF16Step())[0]
+        return _dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in), [x_arr.data], n_in, _BF16Step())[0][0]
     return types.float32(w, n, xb), codegen
 
 
 TILE = 8  # the few-rows kernel's input rows per weight row read: eight sums side by side
 AHEAD = 4096  # and how many weights ahead of them it prefetches (8 KB of bfloat16, 4 KB of int8)
+LONG_ROWS = 1536  # longer rows: eight input rows (24 KB and more) no longer fit the L1 cache beside the weights
 
 
 def _tile(step, result, about):
-    """An intrinsic (w, n, x, m) -> the ``TILE`` dot products of w[n] with x[m], x[m + 1], ...
-    ((N, K) and (M, K) C-contiguous, K a multiple of 32), one ``step`` at a time."""
+    """Two intrinsics for a few input rows, each weight vector loaded once for all of them, and the
+    weights ``AHEAD`` values on prefetched ((N, K) and (M, K) C-contiguous, K a multiple of 32):
+
+    - (w, n, x, m) -> the ``TILE`` dot products of w[n] with x[m], x[m + 1], ...;
+    - (w, n0, n1, x, m) -> w[n0] and w[n1] each with x[m .. m + 3] (8 sums, w[n0]'s first), for
+      rows longer than ``LONG_ROWS``: four input rows stay in the L1 cache, and two weight rows a
+      step halve the input loads per product."""
     def tile(typingctx, w, n, x, m):
         def codegen(context, builder, signature, args):
             w_arr = context.make_array(signature.args[0])(context, builder, args[0])
             x_arr = context.make_array(signature.args[2])(context, builder, args[2])
             n_in = builder.extract_value(w_arr.shape, 1)
-            dots = _dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in)[0],
-                         _rows(builder, x_arr.data, args[3], TILE, n_in), n_in, step, ahead=AHEAD)
+            dots = _dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in),
+                         _rows(builder, x_arr.data, args[3], TILE, n_in), n_in, step, ahead=AHEAD)[0]
             return context.make_tuple(builder, signature.return_type, dots)
         return types.UniTuple(result, TILE)(w, n, x, m), codegen
-    tile.__doc__ = about
-    return extending.intrinsic(tile)
+
+    def pair(typingctx, w, n0, n1, x, m):
+        def codegen(context, builder, signature, args):
+            w_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            x_arr = context.make_array(signature.args[3])(context, builder, args[3])
+            n_in = builder.extract_value(w_arr.shape, 1)
+            w_rows = [_rows(builder, w_arr.data, args[i], 1, n_in)[0] for i in (1, 2)]
+            dots = _dots(builder, w_rows, _rows(builder, x_arr.data, args[4], 4, n_in), n_in, step, ahead=AHEAD)
+            return context.make_tuple(builder, signature.return_type, dots[0] + dots[1])
+        return types.UniTuple(result, 8)(w, n0, n1, x, m), codegen
+    tile.__doc__ = pair.__doc__ = about
+    return extending.intrinsic(tile), extending.intrinsic(pair)
 
 
-_tile_bf16 = _tile(_BF16Step(), types.float32, """bfloat16 bits w and x: each weight vector loaded once
-    for all the input rows. Eight dot products per weight vector keep the CPU busy long enough that
-    its own prefetcher falls behind the weights' stream from memory, so the weights ``AHEAD``
-    values on (the next rows of the thread's share) are prefetched: 1.3-1.6x faster on 124M's
-    products for 8 rows.""")
-_tile_int8 = _tile(_Int8Step(), types.int32, """int8 weights w, int16 inputs x: the exact int32 sums.""")
+_tile_bf16, _pair_bf16 = _tile(_BF16Step(), types.float32, """bfloat16 bits w and x. Eight dot products
+    per weight vector keep the CPU busy long enough that its own prefetcher falls behind the
+    weights' stream from memory, hence the prefetch: 1.3-1.6x faster on 124M's products for 8 rows.""")
+_tile_int8, _pair_int8 = _tile(_Int8Step(), types.int32, """int8 weights w, int16 inputs x: the exact int32 sums.""")
 
 
 def _int4_pointers(context, builder, signature, args):

@@ -127,13 +127,34 @@ def _multiply_add(typingctx, acc, a, b):
     return types.int32(types.int32, types.int16, types.int8), codegen
 
 
-@njit(inline="always", cache=True, error_model="numpy")
-def finish(y, gelu):
-    """GPT-2's tanh GELU, applied to an output while it is still in a register."""
-    if gelu:
-        inner = np.float32(GELU_C) * (y + np.float32(0.044715) * y * y * y)
-        return np.float32(0.5) * y * (np.float32(1.0) + math.tanh(inner))
-    return y
+@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+def exp_approx(x):
+    """e^x for a float32 x, written out so that a loop of it vectorizes (16 at a time, against one
+    call of the C library's expf each): x clamped to [-87, 88] (a normal float32's range), x = k ln 2
+    + r with |r| <= ln 2 / 2, e^r by Cephes' degree-7 polynomial (relative error ~1e-7), 2^k put
+    straight into the exponent bits."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    k = np.floor(x * np.float32(1.442695041) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)  # ln 2 in two parts
+    p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    return (p * r * r + r + np.float32(1.0)) * _as_float32(np.uint32((np.int32(k) + np.int32(127)) << np.int32(23)))
+
+
+@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+def apply_gelu(out):
+    """GPT-2's tanh GELU on every value of ``out`` (C-contiguous), in place, after a product:
+    0.5 y (1 + tanh(u)) = y / (1 + e^(-2u)), u = sqrt(2 / pi) (y + 0.044715 y^3), a loop that
+    vectorizes (libm's tanhf, one call per value inside the product's loop, cost 2.5 ms of an
+    8-row step of GPT-2 124M)."""
+    flat = out.reshape(out.size)
+    for i in range(flat.shape[0]):
+        y = flat[i]
+        u = np.float32(GELU_C) * (y + np.float32(0.044715) * y * y * y)
+        flat[i] = y / (np.float32(1.0) + exp_approx(np.float32(-2.0) * u))
 
 
 @jit
@@ -143,7 +164,9 @@ def matvec(x, w, scale, bias, out, gelu):
         acc = np.float32(0.0)
         for k in range(w.shape[1]):
             acc += x[k] * widen(w[n, k])
-        out[n] = finish(acc * scale[n] + bias[n], gelu)
+        out[n] = acc * scale[n] + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -169,7 +192,9 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         acc = _int32(0)
         for k in range(q.shape[1]):
             acc = _multiply_add(acc, xq[k], q[n, k])
-        out[n] = finish(np.float32(acc) * (xs * scale[n]) + bias[n], gelu)
+        out[n] = np.float32(acc) * (xs * scale[n]) + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -190,7 +215,9 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
         return
     xb = rounded(x)
     for n in prange(w.shape[0]):
-        out[n] = finish(_dot_bf16(w, n, xb) * scale[n] + bias[n], gelu)
+        out[n] = _dot_bf16(w, n, xb) * scale[n] + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -225,7 +252,9 @@ def matvec_int4(x, codes, groups, bias, out, gelu):
         for g in range(n_groups):
             rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[g]
         dot = _dot_int4_pairs(codes, n, xp, scales) if even else _dot_int4(codes, n, xb, scales)
-        out[n] = finish(dot + rest + bias[n], gelu)
+        out[n] = dot + rest + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 @jit

@@ -28,7 +28,7 @@ from numba import extending, njit, prange, types
 from numba.core import cgutils
 
 from chatgpt_cli.intrinsics import _declare, _sum_lanes
-from chatgpt_cli.kernels import _as_float32, jit, stored, widen
+from chatgpt_cli.kernels import exp_approx, jit, stored, widen
 
 HEAD = 64  # the head size the LLVM IR passes are written for (GPT-2's, at every size)
 LANES = 16  # float32 values in an AVX-512 vector
@@ -156,21 +156,12 @@ def _weighted_values(typingctx, cache, b, h, n, weights, out):
 
 @njit(inline="always", fastmath=True, cache=True, error_model="numpy")
 def softmax(scores):
-    """scores (n,) -> softmax(scores) in place, e^x written out so that the loop vectorizes (16 at
-    a time, against one call of the C library's expf per key): x - max = k ln 2 + r, |r| <= ln2 / 2,
-    e^r by Cephes' degree-7 polynomial (relative error ~1e-7), 2^k put straight into the exponent bits."""
+    """scores (n,) -> softmax(scores) in place, a loop that vectorizes (kernels.exp_approx: 16 at
+    a time, against one call of the C library's expf per key)."""
     top = scores.max()
     total = np.float32(0.0)
     for t in range(scores.shape[0]):
-        x = max(scores[t] - top, np.float32(-87.0))  # below it e^x is not a normal float32
-        k = np.floor(x * np.float32(1.442695041) + np.float32(0.5))
-        r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)  # ln 2 in two parts
-        p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
-        p = p * r + np.float32(8.3334519073e-3)
-        p = p * r + np.float32(4.1665795894e-2)
-        p = p * r + np.float32(1.6666665459e-1)
-        p = p * r + np.float32(5.0000001201e-1)
-        e = (p * r * r + r + np.float32(1.0)) * _as_float32(np.uint32((np.int32(k) + np.int32(127)) << np.int32(23)))
+        e = exp_approx(scores[t] - top)
         scores[t] = e
         total += e
     scores *= np.float32(1.0) / total

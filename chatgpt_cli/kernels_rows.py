@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import extending, njit, prange, types
 
-from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_int8
-from chatgpt_cli.kernels import finish, jit, product, quantize16, rounded, widen
+from chatgpt_cli.intrinsics import BF16_DOT, LONG_ROWS, TILE, _pair_bf16, _pair_int8, _tile_bf16, _tile_int8
+from chatgpt_cli.kernels import apply_gelu, jit, product, quantize16, rounded, widen
 
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
 # input value loaded once for all of them (x is padded with zero rows to a multiple of four).
@@ -30,11 +30,19 @@ def padded4(x):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def put4(out, m, n, sums, scale, bias, gelu):
+def put4(out, m, n, sums, scale, bias):
     """out[m + i, n] = sums[i] * scale + bias for the rows of x that exist (not the padding)."""
     for i in range(4):
         if m + i < out.shape[0]:
-            out[m + i, n] = finish(sums[i] * scale + bias, gelu)
+            out[m + i, n] = sums[i] * scale + bias
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def put_pair(out, m, n0, n1, sums, scale, bias):
+    """out[m + i, n0] and out[m + i, n1] from the 8 sums of a pair tile, for the rows that exist."""
+    for i in range(min(4, out.shape[0] - m)):
+        out[m + i, n0] = sums[i] * scale[n0] + bias[n0]
+        out[m + i, n1] = sums[4 + i] * scale[n1] + bias[n1]
 
 
 @jit
@@ -55,8 +63,10 @@ def matmul(x, w, scale, bias, out, gelu):
                 b1 += x4[m + 1, k] * v
                 b2 += x4[m + 2, k] * v
                 b3 += x4[m + 3, k] * v
-            put4(out, m, n0, (a0, a1, a2, a3), scale[n0], bias[n0], gelu)
-            put4(out, m, n1, (b0, b1, b2, b3), scale[n1], bias[n1], gelu)
+            put4(out, m, n0, (a0, a1, a2, a3), scale[n0], bias[n0])
+            put4(out, m, n1, (b0, b1, b2, b3), scale[n1], bias[n1])
+    if gelu:
+        apply_gelu(out)
 
 
 @jit
@@ -69,11 +79,19 @@ def matmul_bf16(x, w, scale, bias, out, gelu):
     xb = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.uint16)  # zero padding rows
     for m in range(x.shape[0]):
         xb[m] = rounded(x[m])
-    for n in prange(w.shape[0]):
-        for m in range(0, xb.shape[0], TILE):
-            sums = _tile_bf16(w, n, xb, m)
-            for i in range(min(TILE, x.shape[0] - m)):
-                out[m + i, n] = finish(sums[i] * scale[n] + bias[n], gelu)
+    if w.shape[1] > LONG_ROWS:
+        for p in prange((w.shape[0] + 1) // 2):
+            n0, n1 = 2 * p, min(2 * p + 1, w.shape[0] - 1)  # an odd last row pairs with itself
+            for m in range(0, x.shape[0], 4):
+                put_pair(out, m, n0, n1, _pair_bf16(w, n0, n1, xb, m), scale, bias)
+    else:
+        for n in prange(w.shape[0]):
+            for m in range(0, xb.shape[0], TILE):
+                sums = _tile_bf16(w, n, xb, m)
+                for i in range(min(TILE, x.shape[0] - m)):
+                    out[m + i, n] = sums[i] * scale[n] + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 @jit
@@ -88,11 +106,22 @@ def matmul_int8(x, q, scale, bias, out, gelu):
     xs = np.zeros(xq.shape[0], np.float32)
     for m in range(n_rows):
         xq[m], xs[m] = quantize16(x[m], n_in)
-    for n in prange(n_out):
-        for m in range(0, xq.shape[0], TILE):
-            sums = _tile_int8(q, n, xq, m)
-            for i in range(min(TILE, n_rows - m)):
-                out[m + i, n] = finish(np.float32(sums[i]) * (xs[m + i] * scale[n]) + bias[n], gelu)
+    if n_in > LONG_ROWS:
+        for p in prange((n_out + 1) // 2):
+            n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
+            for m in range(0, n_rows, 4):
+                sums = _pair_int8(q, n0, n1, xq, m)
+                for i in range(min(4, n_rows - m)):
+                    out[m + i, n0] = np.float32(sums[i]) * (xs[m + i] * scale[n0]) + bias[n0]
+                    out[m + i, n1] = np.float32(sums[4 + i]) * (xs[m + i] * scale[n1]) + bias[n1]
+    else:
+        for n in prange(n_out):
+            for m in range(0, xq.shape[0], TILE):
+                sums = _tile_int8(q, n, xq, m)
+                for i in range(min(TILE, n_rows - m)):
+                    out[m + i, n] = np.float32(sums[i]) * (xs[m + i] * scale[n]) + bias[n]
+    if gelu:
+        apply_gelu(out)
 
 
 def rows_product(x, w, scale, bias, out, gelu):

@@ -80,7 +80,7 @@ def test_int4_groups_round_to_half_a_step_and_pack_two_a_byte(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear, Int4Linear])
-@pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32)])
+@pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32), (9, 1600)])  # 1600: past LONG_ROWS
 @pytest.mark.parametrize("gelu", [False, True])
 @pytest.mark.parametrize("onednn", [False, True])
 def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatch):
@@ -130,6 +130,16 @@ def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
         want = F.scaled_dot_product_attention(q, keys.float(), values.float())
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
         assert torch.equal(fused.k_cache[:, :, :pos + 1], keys) and torch.equal(fused.v_cache[:, :, :pos + 1], values)
+
+
+def test_the_kernels_gelu_equals_torchs():
+    from chatgpt_cli.kernels import apply_gelu
+
+    y = torch.cat([torch.linspace(-30, 30, 6001), torch.tensor([-1e30, -200.0, 0.0, 1e-30, 200.0, 1e30])])
+    got = y.clone().numpy()
+    apply_gelu(got)  # in place
+    want = F.gelu(y.double(), approximate="tanh")
+    torch.testing.assert_close(torch.from_numpy(got).double(), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("spread", [0.01, 1.0, 30.0, 300.0])  # 300: most weights underflow to zero
