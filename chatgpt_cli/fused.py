@@ -53,12 +53,12 @@ def embed(wte, wpe, tokens, pos):
 
 
 @step
-def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cache, pos, eps):
+def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cache, k_scale, v_scale, pos, eps):
     """One block for B rows of one token each at position ``pos``, x (B, n_embd) updated in place.
 
     Each product is (weight, scale, bias) as kernels.rows_product takes it (each weight read once
     for all rows); ln_* are (weight, bias); k_cache, v_cache (B, nh, max_len, hs) the block's
-    cache, whose row b gets row b's key and value.
+    cache (and its scales, for int8 codes), whose row b gets row b's key and value.
     """
     (B, C), n_head, hs = x.shape, k_cache.shape[1], k_cache.shape[3]
     qkv = np.empty((B, 3 * C), np.float32)
@@ -67,7 +67,7 @@ def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cach
     k = np.ascontiguousarray(qkv[:, C:2 * C]).reshape((B, n_head, hs))  # (B, nh, hs)
     v = np.ascontiguousarray(qkv[:, 2 * C:]).reshape((B, n_head, hs))  # (B, nh, hs)
     y = np.empty((B, n_head, hs), np.float32)
-    attend(q, k, v, k_cache, v_cache, pos, y)  # (B, nh, hs)
+    attend(q, k, v, k_cache, v_cache, k_scale, v_scale, pos, y)  # (B, nh, hs)
     a = np.empty((B, C), np.float32)
     rows_product(y.reshape((B, C)), attn_proj[0], attn_proj[1], attn_proj[2], a, False)  # heads side by side
     x += a

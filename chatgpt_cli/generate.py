@@ -244,8 +244,7 @@ class Engine:
         c, w = self.model.config, self.model.transformer.wte.weight
         for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
             wide = self.model.cache_class(n, c.n_head, self.window, c.head_dim, cache.k_cache.dtype, w.device)
-            wide.k_cache[:, :, :length] = cache.k_cache[:, :, :length]
-            wide.v_cache[:, :, :length] = cache.v_cache[:, :, :length]
+            wide.copy_prefix(cache, length)
             block.attn.kv_cache = wide
 
     def _narrow(self, keep: list[int]) -> None:

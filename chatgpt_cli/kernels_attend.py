@@ -15,7 +15,10 @@ cost. For heads of 64 values (every GPT-2 size) the two passes are written in LL
 - ``_weighted_values``: the 64 output values held in 4 vectors (two sets, for even and odd keys,
   so that the additions do not wait on each other), each value row loaded once.
 
-The cache is float32 or bfloat16 bits (the top half of a float32: widened by a shift).
+The cache is float32, bfloat16 bits (the top half of a float32: widened by a shift) or int8 codes
+with a float32 scale per position and head (``--dtype int8`` and ``int4``: at 800 tokens the
+attention reads the cache's bytes as fast as memory delivers them, so its size is what a long
+context costs).
 """
 
 from __future__ import annotations
@@ -40,17 +43,21 @@ def _cache_at(context, builder, signature, args):
     cache = context.make_array(signature.args[0])(context, builder, args[0])
     n_head, max_len = (builder.extract_value(cache.shape, i) for i in (1, 2))
     head = builder.mul(builder.add(builder.mul(args[1], n_head), args[2]), max_len)  # (b * nh + h) * max_len
-    bf16 = signature.args[0].dtype == types.uint16
+    form = {types.uint16: "bf16", types.int8: "int8"}.get(signature.args[0].dtype, "f32")
 
     def at(t):
         return builder.gep(cache.data, [builder.mul(builder.add(head, t), ir.Constant(INDEX, HEAD))])
-    return at, bf16
+    return at, form
 
 
-def _load16(builder, at, bf16: bool):
-    """16 cached values from ``at`` as float32: bfloat16 bits are shifted into a float32's top half."""
-    if not bf16:
+def _load16(builder, at, form: str):
+    """16 cached values from ``at`` as float32: bfloat16 bits are shifted into a float32's top half,
+    int8 codes converted (their scale is applied by the caller, once per key)."""
+    if form == "f32":
         return builder.load(builder.bitcast(at, VEC.as_pointer()), align=4)
+    if form == "int8":
+        codes = builder.load(builder.bitcast(at, ir.VectorType(ir.IntType(8), LANES).as_pointer()), align=1)
+        return builder.sitofp(codes, VEC)
     words = builder.load(builder.bitcast(at, ir.VectorType(ir.IntType(16), LANES).as_pointer()), align=2)
     wide = builder.shl(builder.zext(words, ir.VectorType(ir.IntType(32), LANES)),
                        ir.Constant(ir.VectorType(ir.IntType(32), LANES), [16] * LANES))
@@ -61,11 +68,26 @@ def _offset(builder, at, i: int):
     return builder.gep(at, [ir.Constant(INDEX, i)])
 
 
-def _dot_key(builder, fma, q, at, bf16):
+AHEAD = 32  # keys (or values) ahead of the one being read whose cache lines are prefetched
+LINE = {"f32": 16, "bf16": 32, "int8": 64}  # values of each form in a 64-byte cache line
+
+
+def _prefetch(builder, at, t, form: str):
+    """Ask for the cache lines of position t + AHEAD: the cache is read a head at a time, one stream
+    per thread, and the CPU's own prefetcher keeps too few lines in flight to read it at memory's pace."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), (i8p, i32, i32, i32))
+    later = at(builder.add(t, ir.Constant(INDEX, AHEAD)))
+    for i in range(0, HEAD, LINE[form]):  # (address, read, keep in every cache level, data)
+        line = builder.bitcast(_offset(builder, later, i), i8p)
+        builder.call(prefetch, [line, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+def _dot_key(builder, fma, q, at, form):
     """16 partial sums of q . key (the key's 64 values from ``at``), in one vector."""
-    acc = builder.fmul(q[0], _load16(builder, at, bf16))
+    acc = builder.fmul(q[0], _load16(builder, at, form))
     for i in range(1, HEAD // LANES):
-        acc = builder.call(fma, [q[i], _load16(builder, _offset(builder, at, LANES * i), bf16), acc])
+        acc = builder.call(fma, [q[i], _load16(builder, _offset(builder, at, LANES * i), form), acc])
     return acc
 
 
@@ -90,38 +112,41 @@ def _sum_across(builder, vectors):
 
 @extending.intrinsic
 def _key_scores(typingctx, cache, b, h, n, q, scores):
-    """scores[t] = q[b, h] . cache[b, h, t] for t < n: cache (B, nh, max_len, 64) float32 or bfloat16
-    bits, q (B, nh, 64) float32, scores (>= n,) float32; 16 keys a step, the rest one at a time."""
+    """scores[t] = q[b, h] . cache[b, h, t] for t < n: cache (B, nh, max_len, 64) float32, bfloat16
+    bits or int8 codes, q (B, nh, 64) float32, scores (>= n,) float32; 16 keys a step, the rest one
+    at a time."""
     def codegen(context, builder, signature, args):
-        at, bf16 = _cache_at(context, builder, signature, args)
+        at, form = _cache_at(context, builder, signature, args)
         fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
         q_arr = context.make_array(signature.args[4])(context, builder, args[4])
         n_head = builder.extract_value(q_arr.shape, 1)
         q_at = builder.gep(q_arr.data, [builder.mul(builder.add(builder.mul(args[1], n_head), args[2]),
                                                     ir.Constant(INDEX, HEAD))])
-        q = [_load16(builder, _offset(builder, q_at, LANES * i), False) for i in range(HEAD // LANES)]
+        q = [_load16(builder, _offset(builder, q_at, LANES * i), "f32") for i in range(HEAD // LANES)]
         out = context.make_array(signature.args[5])(context, builder, args[5]).data
         blocks = builder.udiv(args[3], ir.Constant(INDEX, LANES))
         with cgutils.for_range(builder, blocks) as loop:
             first = builder.mul(loop.index, ir.Constant(INDEX, LANES))
-            dots = [_dot_key(builder, fma, q, at(builder.add(first, ir.Constant(INDEX, j))), bf16)
+            for j in range(LANES):
+                _prefetch(builder, at, builder.add(first, ir.Constant(INDEX, j)), form)
+            dots = [_dot_key(builder, fma, q, at(builder.add(first, ir.Constant(INDEX, j))), form)
                     for j in range(LANES)]
             builder.store(_sum_across(builder, dots), builder.bitcast(builder.gep(out, [first]), VEC.as_pointer()),
                           align=4)
         done = builder.mul(blocks, ir.Constant(INDEX, LANES))
         with cgutils.for_range(builder, builder.sub(args[3], done)) as loop:
             t = builder.add(done, loop.index)
-            builder.store(_sum_lanes(builder, _dot_key(builder, fma, q, at(t), bf16)), builder.gep(out, [t]))
+            builder.store(_sum_lanes(builder, _dot_key(builder, fma, q, at(t), form)), builder.gep(out, [t]))
         return context.get_dummy_value()
     return types.none(cache, b, h, n, q, scores), codegen
 
 
 @extending.intrinsic
 def _weighted_values(typingctx, cache, b, h, n, weights, out):
-    """out[b, h] = sum over t < n of weights[t] * cache[b, h, t]: cache (B, nh, max_len, 64) float32
-    or bfloat16 bits, weights (>= n,) float32, out (B, nh, 64) float32."""
+    """out[b, h] = sum over t < n of weights[t] * cache[b, h, t]: cache (B, nh, max_len, 64) float32,
+    bfloat16 bits or int8 codes, weights (>= n,) float32, out (B, nh, 64) float32."""
     def codegen(context, builder, signature, args):
-        at, bf16 = _cache_at(context, builder, signature, args)
+        at, form = _cache_at(context, builder, signature, args)
         fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
         w = context.make_array(signature.args[4])(context, builder, args[4]).data
         out_arr = context.make_array(signature.args[5])(context, builder, args[5])
@@ -132,12 +157,13 @@ def _weighted_values(typingctx, cache, b, h, n, weights, out):
         sets = [[cgutils.alloca_once_value(builder, ir.Constant(VEC, None)) for _ in range(parts)] for _ in range(2)]
 
         def add_value(accs, t):  # accs += weights[t] * cache[b, h, t]
+            _prefetch(builder, at, t, form)
             weight = builder.load(builder.gep(w, [t]))
             one = builder.insert_element(ir.Constant(VEC, None), weight, ir.Constant(INDEX, 0))
             spread = builder.shuffle_vector(one, ir.Constant(VEC, None),
                                             ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
             for i, acc in enumerate(accs):
-                value = _load16(builder, _offset(builder, at(t), LANES * i), bf16)
+                value = _load16(builder, _offset(builder, at(t), LANES * i), form)
                 builder.store(builder.call(fma, [spread, value, builder.load(acc)]), acc)
 
         pairs = builder.udiv(args[3], ir.Constant(INDEX, 2))
@@ -167,20 +193,65 @@ def softmax(scores):
     scores *= np.float32(1.0) / total
 
 
+def store(cache, scales, b, h, pos, new):
+    """Write new[b, h] (hs,) float32 into cache[b, h, pos]: as float32, as bfloat16 bits, or as
+    int8 codes with scales[b, h, pos] = max |value| / 127 (code = round(value * (1 / scale)), as
+    layers.quantize_vectors computes it, to the bit)."""
+
+
+@extending.overload(store)
+def _store(cache, scales, b, h, pos, new):
+    if cache.dtype == types.int8:
+        def quantized(cache, scales, b, h, pos, new):
+            top = np.float32(0.0)
+            for d in range(new.shape[2]):
+                top = max(top, abs(new[b, h, d]))
+            scale = np.float32(1.0)  # a vector of zeros keeps a harmless scale
+            if top > 0:
+                scale = top * np.float32(1.0 / 127.0)
+            inverse = np.float32(1.0) / scale
+            scales[b, h, pos] = scale
+            for d in range(new.shape[2]):
+                cache[b, h, pos, d] = np.int8(min(max(round(new[b, h, d] * inverse), -127), 127))
+        return quantized
+
+    def plain(cache, scales, b, h, pos, new):
+        for d in range(new.shape[2]):
+            cache[b, h, pos, d] = stored(new[b, h, d], cache)
+    return plain
+
+
+def scaled(values, cache, scales, b, h, c):
+    """values[t] *= c, and for int8 codes also by each position's scale (scales[b, h, t])."""
+
+
+@extending.overload(scaled, inline="always")
+def _scaled(values, cache, scales, b, h, c):
+    if cache.dtype == types.int8:
+        def by_position(values, cache, scales, b, h, c):
+            for t in range(values.shape[0]):
+                values[t] *= scales[b, h, t] * c
+        return by_position
+
+    def by_constant(values, cache, scales, b, h, c):
+        values *= c
+    return by_constant
+
+
 @jit
-def attend(q, k_new, v_new, k_cache, v_cache, pos, out):
+def attend(q, k_new, v_new, k_cache, v_cache, k_scale, v_scale, pos, out):
     """One new token's attention; its key and value are first written at ``pos`` in the cache.
 
-    q, k_new, v_new, out (B, nh, hs) float32; k_cache, v_cache (B, nh, max_len, hs), float32 or
-    bfloat16 bits (half the bytes to read per token). Per row and head:
+    q, k_new, v_new, out (B, nh, hs) float32; k_cache, v_cache (B, nh, max_len, hs), float32,
+    bfloat16 bits (half the bytes to read per token) or int8 codes (a quarter) whose scales per
+    position are k_scale, v_scale (B, nh, max_len) (unused otherwise). Per row and head:
     out = softmax(q K^T / sqrt(hs)) V over the keys 0..pos.
     """
     rows, n_head, hs = q.shape
     for bh in prange(rows * n_head):
         b, h = bh // n_head, bh % n_head
-        for d in range(hs):
-            k_cache[b, h, pos, d] = stored(k_new[b, h, d], k_cache)
-            v_cache[b, h, pos, d] = stored(v_new[b, h, d], v_cache)
+        store(k_cache, k_scale, b, h, pos, k_new)
+        store(v_cache, v_scale, b, h, pos, v_new)
         scores = np.empty(pos + 1, dtype=np.float32)
         if hs == HEAD:
             _key_scores(k_cache, b, h, pos + 1, q, scores)
@@ -190,9 +261,10 @@ def attend(q, k_new, v_new, k_cache, v_cache, pos, out):
                 for d in range(hs):
                     acc += q[b, h, d] * widen(k_cache[b, h, t, d])
                 scores[t] = acc
-        scores *= np.float32(1.0 / math.sqrt(hs))
+        scaled(scores, k_cache, k_scale, b, h, np.float32(1.0 / math.sqrt(hs)))
         softmax(scores)
         weights = scores
+        scaled(weights, v_cache, v_scale, b, h, np.float32(1.0))  # int8: each value's scale folded into its weight
         if hs == HEAD:
             _weighted_values(v_cache, b, h, pos + 1, weights, out)
         else:

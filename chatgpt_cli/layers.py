@@ -295,12 +295,36 @@ class Int4Linear(Linear):
 
 class FusedKVCache(KVCache):
     """A KV cache whose one-token attention is a single kernel (kernels_attend.attend) that writes the
-    new key and value and attends over the cache; prompts go through torch as usual."""
+    new key and value and attends over the cache; prompts go through torch as usual.
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.arrays = (bits(self.k_cache), bits(self.v_cache))
+    With dtype int8 the keys and values are stored as int8 codes, a float32 scale per position and
+    head (``k_scale``, ``v_scale``: max |value| / 127): a quarter of float32's bytes, which is what
+    the attention of a long context costs. Prompts quantize as they write and read them back widened.
+    """
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str | None = None, static: bool = False) -> None:
+        super().__init__(batch, n_head, max_len, head_dim, dtype, device, static)
+        make = torch.ones if dtype == torch.int8 else torch.empty  # unused but by int8 codes
+        for name in ("k_scale", "v_scale"):
+            self.register_buffer(name, make((batch, n_head, max_len), device=device), persistent=False)
         self.kernel = None  # looked up on first use (12 calls a token in GPT-2 124M)
+        self._arrays()
+
+    def _arrays(self) -> None:
+        self.arrays = tuple(bits(t) for t in (self.k_cache, self.v_cache, self.k_scale, self.v_scale))
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k_cache.dtype != torch.int8:
+            return super().update(input_pos, k, v)
+        end = int(input_pos[-1]) + 1
+        out = []
+        for cache, scales, new in ((self.k_cache, self.k_scale, k), (self.v_cache, self.v_scale, v)):
+            codes, scale = quantize_vectors(new.float())
+            cache.index_copy_(2, input_pos, codes)
+            scales.index_copy_(2, input_pos, scale)
+            out.append(cache[:, :, :end].float() * scales[:, :, :end, None])  # (B, nh, end, hs)
+        return out[0], out[1]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                last_only: bool = False) -> torch.Tensor:
@@ -314,7 +338,15 @@ class FusedKVCache(KVCache):
 
     def narrow(self, keep: torch.Tensor) -> None:
         super().narrow(keep)
-        self.arrays = (bits(self.k_cache), bits(self.v_cache))
+        self._arrays()
+
+
+def quantize_vectors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., hs) float32 -> int8 codes (..., hs) and one scale per vector (...,): x ~ codes * scale,
+    as kernels_attend.store writes them (max |x| / 127; 1 for a vector of zeros)."""
+    top = x.abs().amax(-1)
+    scale = torch.where(top > 0, top * torch.tensor(1 / 127, dtype=torch.float32), torch.ones_like(top))
+    return torch.round(x * (1 / scale)[..., None]).clamp(-127, 127).to(torch.int8), scale
 
 
 def prepare_batches(model: nn.Module) -> None:

@@ -107,7 +107,13 @@ class KVCache(nn.Module):
 
     def narrow(self, keep: torch.Tensor) -> None:
         """Keep only the batch rows ``keep`` (the samples still being generated)."""
-        self.k_cache, self.v_cache = self.k_cache[keep], self.v_cache[keep]
+        for name, buffer in list(self.named_buffers()):
+            setattr(self, name, buffer[keep])
+
+    def copy_prefix(self, other: KVCache, length: int) -> None:
+        """Positions 0..length of other's cache (one row) into every row of this one."""
+        for name, buffer in self.named_buffers():
+            buffer[:, :, :length] = getattr(other, name)[:, :, :length]
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,7 +13,9 @@ where:
 - elsewhere (CUDA, MPS) and for ``fast=False``: torch's own layers (``TorchScheme``); on CUDA the
   decode step is recorded as a CUDA graph over a static cache (cuda_graph.py).
 
-int4's unembedding is int8, which keeps it faithful at little cost.
+int4's unembedding is int8, which keeps it faithful at little cost. On the CPU int8 and int4 keep
+the KV cache as int8 codes with a scale per position and head (layers.FusedKVCache); float32 and
+bfloat16 keep it in their own precision.
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
                            "AVX-512 BF16 dot products, fused attention), torch's int4 kernel (prompts, -N)")
             else:
                 kernels = "int4: torch's int4 kernel (blocks), int8 numba matrix-vector (unembedding) + fused attention"
-            return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.bfloat16,
-                          kernels, quality)
+            return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.int8,
+                          kernels + "; int8 KV cache", quality)
         return Scheme(dtype, torch.bfloat16, torch.bfloat16, linear, Int8Linear, kernels="torch (weights widened)",
                       quality=quality)
     target = DTYPES[dtype]
@@ -181,9 +183,10 @@ def warm_up() -> None:
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(1, GROUP))
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(3, GROUP))
         Int4Linear(torch.randn(4, GROUP), None).dense(torch.bfloat16)  # a long prompt's widening
-        for dtype in (torch.float32, torch.bfloat16):
-            q = torch.randn(1, 1, 1, 4)
-            FusedKVCache(1, 1, 2, 4, dtype).attend(q, q, q, torch.tensor([0]))
+        for dtype in (torch.float32, torch.bfloat16, torch.int8):
+            for hs in (4, 64):  # other head sizes, and the 64 of every GPT-2
+                q = torch.randn(1, 1, 1, hs)
+                FusedKVCache(1, 1, 2, hs, dtype).attend(q, q, q, torch.tensor([0]))
         for dtype in ("float32", "bfloat16", "int8", "int4"):  # the fused decode step of each form
             scheme = choose_scheme(dtype, torch.float32, torch.device("cpu"))
             model = init_weights(GPT(GPTConfig(vocab_size=64, n_positions=4, n_embd=GROUP, n_layer=1, n_head=2)))

@@ -110,10 +110,12 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
     assert (layer.packed is not None) == onednn if kind is BFloat16Linear else True  # made on first use
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("hs", [16, 64])  # 64: the LLVM IR passes (16 keys a step, then the rest one by one)
 def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
+    """The kernel against torch's attention over the same cache, written by the kernel on one side
+    and by the prompt's path (``update``) on the other: the same values, int8 codes and scales too."""
     torch.manual_seed(0)
     n_head, max_len = 3, 40
     fused = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
@@ -129,7 +131,19 @@ def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
         keys, values = plain.update(torch.tensor([pos]), k, v)  # torch's, on the same cache
         want = F.scaled_dot_product_attention(q, keys.float(), values.float())
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-        assert torch.equal(fused.k_cache[:, :, :pos + 1], keys) and torch.equal(fused.v_cache[:, :, :pos + 1], values)
+        for name in ("k_cache", "v_cache") + (("k_scale", "v_scale") if cache_dtype == torch.int8 else ()):
+            assert torch.equal(getattr(fused, name)[:, :, :pos + 1], getattr(plain, name)[:, :, :pos + 1]), name
+
+
+def test_int8_cache_codes_are_rounded_vectors_with_one_scale_each():
+    from chatgpt_cli.layers import quantize_vectors
+
+    x = torch.randn(2, 3, 5, 64) * torch.logspace(-3, 3, 5)[:, None]  # vectors of very different sizes
+    x[0, 0, 0] = 0.0  # a vector of zeros keeps a harmless scale
+    codes, scale = quantize_vectors(x)
+    assert codes.dtype == torch.int8 and scale.shape == (2, 3, 5) and float(scale[0, 0, 0]) == 1.0
+    assert codes.abs().amax(-1)[x.abs().amax(-1) > 0].eq(127).all()  # each vector's largest value is +-127
+    assert ((codes * scale[..., None] - x).abs() <= scale[..., None] / 2 * (1 + 1e-6)).all()  # half a step
 
 
 def test_the_kernels_gelu_equals_torchs():
