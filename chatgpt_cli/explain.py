@@ -165,13 +165,14 @@ def weight_bytes_read(model: GPT) -> int:
     return total
 
 
-def count(config: GPTConfig, context: int, weight_bytes: int, activation_bytes: int) -> Cost:
-    """The multiply-adds of one token at this context length, by formula."""
+def count(config: GPTConfig, context: int, weight_bytes: int, activation_bytes: float) -> Cost:
+    """The multiply-adds of one token at this context length, by formula; ``activation_bytes``: what
+    one cached key or value number takes (an int8 cache: 1 byte and its share of a scale)."""
     C = config.n_embd
     return Cost(context=context, window=config.n_positions, n_layer=config.n_layer, n_embd=C,
                 vocab_size=config.vocab_size, block_products=3 * C * C + C * C + 8 * C * C,
                 unembedding=C * config.vocab_size, attention=2 * config.n_layer * context * C,
-                weight_bytes=weight_bytes, kv_bytes=2 * config.n_layer * context * C * activation_bytes)
+                weight_bytes=weight_bytes, kv_bytes=round(2 * config.n_layer * context * C * activation_bytes))
 
 
 def choose(logits: torch.Tensor, options: SamplingOptions) -> Choice:
@@ -205,7 +206,9 @@ def explain(model: GPT, ids: list[int], options: SamplingOptions, top: int = 5, 
     logits = rec.logits[-1].float().cpu()
     final = int(torch.topk(logits, 1).indices[0])  # as the lens and `next` rank them (ties alike)
     first = next((layer.layer for layer in layers if layer.top[0].token == final), c.n_layer - 1)
-    cost = count(c, len(run), weight_bytes_read(model), model.transformer.wte.weight.element_size())
+    cached = model.cache_dtype or model.transformer.wte.weight.dtype  # the KV cache's numbers
+    per_value = torch.empty((), dtype=cached).element_size() + (4 / c.head_dim if cached == torch.int8 else 0)
+    cost = count(c, len(run), weight_bytes_read(model), per_value)
     return Explanation(run, dropped, c, embeddings, layers, first, final,
                        candidates(logits, top, options.temperature, options.top_k, options.top_p),
                        options, choose(logits, options), cost)
