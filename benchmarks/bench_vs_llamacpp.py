@@ -9,7 +9,10 @@ by llama.cpp's own quantizer), then llama.cpp's f32 logits are checked against o
 Each pair is then timed, same threads, median of --runs: decode tok/s after 8 prompt tokens and
 after 800 (80% of a smaller window), and prefill tok/s of 512 tokens. Every engine and precision
 runs in a subprocess of its own (llama.cpp's spinning thread pool would slow ours otherwise).
-Prints the machine, then a markdown table of ours / llama.cpp = ratio. Not a test.
+With --rounds R every pair is measured R times in turn (on a shared machine whose speed drifts by
+minutes, one round can catch one engine slow): each figure is then the median over the rounds and
+each ratio's range is shown beside it. Prints the machine, then a markdown table of ours /
+llama.cpp = ratio. Not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,8 +195,10 @@ def markdown_table(rows: list[dict], short: int, long: int, prefill: int) -> str
             name += f" ({precision})"  # "auto (bfloat16)"
         elif ours.get("skipped"):
             name += " (not in this engine)"
+        ranges = r.get("ratios") or {}
         lines.append(f"| {name} | {r['gguf']} | " + " | ".join(
-            cell(ours.get(k), theirs.get(k)) for k in ("short", "long", "prefill")) + " |")
+            cell(ours.get(k), theirs.get(k)) + (f" ({min(ranges[k]):.2f}-{max(ranges[k]):.2f})" if k in ranges else "")
+            for k in ("short", "long", "prefill")) + " |")
     return "\n".join(lines)
 
 
@@ -208,6 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both engines (default: all cores)")
     ap.add_argument("--dtypes", default=",".join(PAIRS), help=f"rows, comma-separated, of {', '.join(PAIRS)}")
     ap.add_argument("--runs", type=int, default=3, help="repeats of each measurement (the median is shown)")
+    ap.add_argument("--rounds", type=int, default=1, help=(
+        "measure every pair this many times in turn: the medians over the rounds, each ratio's range beside it"))
     ap.add_argument("--tokens", type=int, default=32, help="tokens decoded per run")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 8 tokens, 1 run")
     ap.add_argument("--flash-attn", action="store_true",
@@ -219,8 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if bad := [d for d in args.dtypes if d not in PAIRS]:
         ap.error(f"--dtypes {','.join(bad)}: choose from {', '.join(PAIRS)}")
-    if args.threads < 1 or args.runs < 1 or args.tokens < 2:
-        ap.error("--threads and --runs must be >= 1, --tokens >= 2")
+    if args.threads < 1 or args.runs < 1 or args.rounds < 1 or args.tokens < 2:
+        ap.error("--threads, --runs and --rounds must be >= 1, --tokens >= 2")
     if args.quick:
         args.runs, args.tokens = 1, 8
     return args
@@ -249,19 +257,43 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     prefill, long = min(512, window - 1), min(800, int(window * 0.8))
     common = {"threads": args.threads, "runs": args.runs, "tokens": args.tokens, "prefill": prefill, "long": long,
               "flash_attn": args.flash_attn}
-    theirs: dict[str, dict] = {}
-    rows = []
-    for dtype in args.dtypes:
-        gguf = PAIRS[dtype]
-        ours = run_worker("ours", {**common, "model": str(model), "dtype": dtype})
-        if "skipped" in ours:
-            print(f"ours {dtype}: skipped ({ours['skipped']})", flush=True)
-        if gguf not in theirs:
-            theirs[gguf] = run_worker("llama", {**common, "gguf": str(paths[gguf]), "ids": ids})
-        rows.append({"dtype": dtype, "gguf": gguf, "ours": ours, "llama": theirs[gguf]})
-        print(f"{dtype:8s} vs {gguf:4s}: " + ", ".join(f"{k} {cell(ours.get(k), theirs[gguf][k])}"
-                                                       for k in ("short", "long", "prefill")), flush=True)
-    return {**info, "short_context": 8, "long_context": long, "prefill_tokens": prefill, "rows": rows}
+    rounds: list[list[dict]] = []
+    for r in range(args.rounds):  # each round measures every pair again: a drifting machine moves all rounds alike
+        theirs: dict[str, dict] = {}
+        rows = []
+        for dtype in args.dtypes:
+            gguf = PAIRS[dtype]
+            ours = run_worker("ours", {**common, "model": str(model), "dtype": dtype})
+            if "skipped" in ours and r == 0:
+                print(f"ours {dtype}: skipped ({ours['skipped']})", flush=True)
+            if gguf not in theirs:
+                theirs[gguf] = run_worker("llama", {**common, "gguf": str(paths[gguf]), "ids": ids})
+            rows.append({"dtype": dtype, "gguf": gguf, "ours": ours, "llama": theirs[gguf]})
+            print(f"{'round ' + str(r + 1) + ': ' if args.rounds > 1 else ''}{dtype:8s} vs {gguf:4s}: "
+                  + ", ".join(f"{k} {cell(ours.get(k), theirs[gguf][k])}" for k in ("short", "long", "prefill")),
+                  flush=True)
+        rounds.append(rows)
+    return {**info, "short_context": 8, "long_context": long, "prefill_tokens": prefill, "rounds": len(rounds),
+            "rows": combine(rounds)}
+
+
+def combine(rounds: list[list[dict]]) -> list[dict]:
+    """One row per pair: each figure the median over the rounds, and each ratio's range (``ratios``)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out = []
+    for same in zip(*rounds, strict=True):
+        row = {"dtype": same[0]["dtype"], "gguf": same[0]["gguf"], "ours": dict(same[0]["ours"]),
+               "llama": dict(same[0]["llama"]), "ratios": {}}
+        for k in ("short", "long", "prefill"):
+            ours = [r["ours"][k] for r in same if k in r["ours"]]
+            theirs = [r["llama"][k] for r in same]
+            row["llama"][k] = statistics.median(theirs)
+            if ours:
+                row["ours"][k] = statistics.median(ours)
+                row["ratios"][k] = [a / b for a, b in zip(ours, theirs, strict=True)]
+        out.append(row)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a benchmark script: one line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
-    title = (f"{result['model']}, batch 1, {args.threads} threads, median of {args.runs}, {result['cpu']}; "
+    rounds = f" x {args.rounds} rounds (ratio's range in brackets)" if args.rounds > 1 else ""
+    title = (f"{result['model']}, batch 1, {args.threads} threads, median of {args.runs}{rounds}, {result['cpu']}; "
              f"llama.cpp flash attention {'on' if args.flash_attn else 'off'}; tok/s, ours / llama.cpp = ratio")
     print(f"\n{title}\n\n" + markdown_table(result["rows"], 8, result["long_context"], result["prefill_tokens"]))
     print(f"\n({time.perf_counter() - t0:.0f} s in all)")

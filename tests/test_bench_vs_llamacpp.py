@@ -96,6 +96,19 @@ def test_markdown_table():
         "| int4 (not in this engine) | q4_0 | — / 285 | — / 201 | — / 1000 |"])
 
 
+def test_rounds_take_the_median_and_show_each_ratios_range():
+    def row(short, theirs):
+        return {"dtype": "int8", "gguf": "q8_0", "ours": {"precision": "int8", "short": short, "long": 1.0,
+                                                          "prefill": 1.0},
+                "llama": {"short": theirs, "long": 1.0, "prefill": 2.0}}
+
+    rows = bench.combine([[row(100.0, 100.0)], [row(150.0, 100.0)], [row(90.0, 120.0)]])
+    assert rows[0]["ours"]["short"] == 100.0 and rows[0]["llama"]["short"] == 100.0
+    assert rows[0]["ratios"]["short"] == [1.0, 1.5, 0.75]
+    assert bench.markdown_table(rows, 8, 800, 512).splitlines()[-1] == (
+        "| int8 | q8_0 | 100 / 100 = 1.00 (0.75-1.50) | 1 / 1 = 1.00 (1.00-1.00) | 1 / 2 = 0.50 (0.50-0.50) |")
+
+
 def test_missing_extra_is_one_line(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
