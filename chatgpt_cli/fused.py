@@ -23,7 +23,7 @@ from numba import njit
 from chatgpt_cli.kernels import widen
 from chatgpt_cli.kernels_attend import attend
 from chatgpt_cli.kernels_rows import rows_product
-from chatgpt_cli.layers import FusedKVCache, Int4Linear, Linear, bits
+from chatgpt_cli.layers import FusedKVCache, Linear, bits
 from chatgpt_cli.model import GPT
 
 step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow on as in torch
@@ -115,8 +115,7 @@ class FusedDecoder:
                        for b in t.h]
         self.ln_f, self.head = layer_norm_arrays(t.ln_f), model.lm_head.product_arrays()
         self.vocab = model.lm_head.out_features
-        # int4 has no few-rows kernel (each row would read every weight again): -N takes torch's
-        self.batches = not any(isinstance(m, Int4Linear) for m in model.modules())
+        self.batches = True  # every form has a few-rows kernel: -N steps run here too
 
     def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
         x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)

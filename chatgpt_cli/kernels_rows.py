@@ -5,7 +5,8 @@ read from memory once for all the rows, the sums of several rows kept side by si
 - ``matmul_bf16``, bfloat16 on a CPU with AVX-512 BF16: one weight row by eight input rows in its
   dot-product instruction (intrinsics._tile_bf16), the weights prefetched ahead;
 - ``matmul_int8``: the same in 16-bit integers (intrinsics._tile_int8), each input row quantized
-  on its own (kernels.quantize16), exact 32-bit sums.
+  on its own (kernels.quantize16), exact 32-bit sums;
+- ``matmul_int4``: each 4-bit weight row decoded once for four input rows (intrinsics._tile_int4).
 
 ``rows_product`` picks the form's kernel (one row: kernels.product); fused.py's step calls it.
 """
@@ -15,8 +16,18 @@ from __future__ import annotations
 import numpy as np
 from numba import extending, njit, prange, types
 
-from chatgpt_cli.intrinsics import BF16_DOT, LONG_ROWS, TILE, _pair_bf16, _pair_int8, _tile_bf16, _tile_int8
-from chatgpt_cli.kernels import apply_gelu, jit, product, quantize16, rounded, widen
+from chatgpt_cli.intrinsics import (
+    BF16_DOT,
+    INT4_TILE,
+    LONG_ROWS,
+    TILE,
+    _pair_bf16,
+    _pair_int8,
+    _tile_bf16,
+    _tile_int4,
+    _tile_int8,
+)
+from chatgpt_cli.kernels import apply_gelu, bf16, jit, pair_order, product, quantize16, rounded, widen
 
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
 # input value loaded once for all of them (x is padded with zero rows to a multiple of four).
@@ -124,18 +135,45 @@ def matmul_int8(x, q, scale, bias, out, gelu):
         apply_gelu(out)
 
 
+@jit
+def matmul_int4(x, codes, groups, bias, out, gelu):
+    """``kernels.matvec_int4`` for a few rows of x, each 4-bit weight row decoded once for
+    ``INT4_TILE`` input rows (``_tile_int4``); rows of an odd number of groups go one at a time."""
+    scales, offsets = groups
+    n_rows, n_groups = x.shape[0], scales.shape[1]
+    if n_groups % 2:
+        for m in range(n_rows):
+            product(x[m], codes, groups, bias, out[m], gelu)
+        return
+    padded = (n_rows + INT4_TILE - 1) // INT4_TILE * INT4_TILE
+    xp = np.zeros((padded, x.shape[1]), np.uint16)  # zero padding rows
+    x_sums = np.zeros((padded, n_groups), np.float32)  # of the rounded inputs, group by group
+    for m in range(n_rows):
+        xb = rounded(x[m])
+        for k in range(x.shape[1]):
+            x_sums[m, k // 32] += bf16(xb[k])
+        xp[m] = pair_order(xb)
+    for n in prange(codes.shape[0]):
+        for m in range(0, n_rows, INT4_TILE):
+            sums = _tile_int4(codes, n, xp, m, scales)
+            for i in range(min(INT4_TILE, n_rows - m)):
+                rest = np.float32(0.0)
+                for g in range(n_groups):
+                    rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[m + i, g]
+                out[m + i, n] = sums[i] + rest + bias[n]
+    if gelu:
+        apply_gelu(out)
+
+
 def rows_product(x, w, scale, bias, out, gelu):
     """out = x W^T * scale + bias for the rows of x (M, K), in the form's fastest kernel here."""
 
 
 @extending.overload(rows_product, inline="always")
 def _rows_product(x, w, scale, bias, out, gelu):
-    def one_at_a_time(x, w, scale, bias, out, gelu):  # int4 (decode only): its one-row kernel per row
-        for m in range(x.shape[0]):
-            product(x[m], w, scale, bias, out[m], gelu)
-    if w.dtype == types.uint8:
-        return one_at_a_time
-    if w.dtype == types.uint16 and BF16_DOT:
+    if w.dtype == types.uint8:  # int4 codes (only built where BF16_DOT)
+        tiles = matmul_int4
+    elif w.dtype == types.uint16 and BF16_DOT:
         tiles = matmul_bf16
     elif w.dtype == types.int8:
         tiles = matmul_int8

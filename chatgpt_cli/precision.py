@@ -136,7 +136,7 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
                 kernels = f"int8 {CPU_KERNELS}; one row: int16 inputs, integer dot products"
             elif load_kernels().BF16_DOT:
                 kernels = ("int4: numba decode step, one call per block (int4 blocks and int8 unembedding: "
-                           "AVX-512 BF16 dot products, fused attention), torch's int4 kernel (prompts, -N)")
+                           "AVX-512 BF16 dot products, fused attention, -N too), torch's int4 kernel (prompts)")
             else:
                 kernels = "int4: torch's int4 kernel (blocks), int8 numba matrix-vector (unembedding) + fused attention"
             return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.int8,
