@@ -211,6 +211,40 @@ def _dot_int4(typingctx, codes, n, xb, scales):
     return types.float32(codes, n, xb, scales), codegen
 
 
+def _int4_pair_dots(builder, row, scale_row, n_groups, x_rows):
+    """The scaled dot products of one row of int4 codes (``row``, its scales ``scale_row``) with each
+    input row in x_rows (pair order), two groups a step: the 32 bytes of groups g and g + 1 widen to
+    32 16-bit lanes at once and become bfloat16 once for all the input rows."""
+    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    words = ir.VectorType(i16, 32)
+    dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", SUMS, (SUMS, PAIRS, PAIRS))
+    fma = _declare(builder, "llvm.fma.v16f32", SUMS, (SUMS, SUMS, SUMS))
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(SUMS, None)) for _ in x_rows]
+    bias = ir.Constant(words, [0x4300] * 32)
+    with cgutils.for_range(builder, builder.udiv(n_groups, ir.Constant(i64, 2))) as loop:
+        p = loop.index
+        packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(p, ir.Constant(i64, 32))]),
+                                              ir.VectorType(ir.IntType(8), 32).as_pointer()), align=1)
+        wide = builder.zext(packed, words)
+        low = builder.bitcast(builder.or_(builder.and_(wide, ir.Constant(words, [15] * 32)), bias), PAIRS)
+        high = builder.bitcast(builder.or_(builder.lshr(wide, ir.Constant(words, [4] * 32)), bias), PAIRS)
+        two = builder.load(builder.bitcast(builder.gep(scale_row, [builder.mul(p, ir.Constant(i64, 2))]),
+                                           ir.VectorType(i16, 2).as_pointer()), align=2)
+        two = builder.bitcast(builder.shl(builder.zext(two, ir.VectorType(i32, 2)),
+                                          ir.Constant(ir.VectorType(i32, 2), [16, 16])),
+                              ir.VectorType(ir.FloatType(), 2))
+        spread = builder.shuffle_vector(two, two, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
+        for acc, x_row in zip(accs, x_rows, strict=True):
+            x_at = builder.gep(x_row, [builder.mul(p, ir.Constant(i64, 64))])
+            x_low = builder.load(builder.bitcast(x_at, words.as_pointer()), align=2)
+            x_high = builder.load(builder.bitcast(builder.gep(x_at, [ir.Constant(i64, 32)]), words.as_pointer()),
+                                  align=2)
+            d = builder.call(dot, [ir.Constant(SUMS, None), builder.bitcast(x_low, PAIRS), low])
+            d = builder.call(dot, [d, builder.bitcast(x_high, PAIRS), high])
+            builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
+    return [_sum_lanes(builder, builder.load(acc)) for acc in accs]
+
+
 @extending.intrinsic
 def _dot_int4_pairs(typingctx, codes, n, xp, scales):
     """``_dot_int4`` two groups at a time, for rows of an even number of groups: half the work.
@@ -223,34 +257,7 @@ def _dot_int4_pairs(typingctx, codes, n, xp, scales):
     """
     def codegen(context, builder, signature, args):
         row, x_data, scale_row, n_groups = _int4_pointers(context, builder, signature, args)
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        sums, pairs = SUMS, PAIRS
-        words = ir.VectorType(i16, 32)
-        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", sums, (sums, pairs, pairs))
-        fma = _declare(builder, "llvm.fma.v16f32", sums, (sums, sums, sums))
-        acc = cgutils.alloca_once_value(builder, ir.Constant(sums, None))
-        bias = ir.Constant(words, [0x4300] * 32)
-        with cgutils.for_range(builder, builder.udiv(n_groups, ir.Constant(i64, 2))) as loop:
-            p = loop.index
-            packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(p, ir.Constant(i64, 32))]),
-                                                  ir.VectorType(ir.IntType(8), 32).as_pointer()), align=1)
-            wide = builder.zext(packed, words)
-            low = builder.or_(builder.and_(wide, ir.Constant(words, [15] * 32)), bias)
-            high = builder.or_(builder.lshr(wide, ir.Constant(words, [4] * 32)), bias)
-            x_at = builder.gep(x_data, [builder.mul(p, ir.Constant(i64, 64))])
-            x_low = builder.load(builder.bitcast(x_at, words.as_pointer()), align=2)
-            x_high = builder.load(builder.bitcast(builder.gep(x_at, [ir.Constant(i64, 32)]), words.as_pointer()),
-                                  align=2)
-            d = builder.call(dot, [ir.Constant(sums, None), builder.bitcast(x_low, pairs), builder.bitcast(low, pairs)])
-            d = builder.call(dot, [d, builder.bitcast(x_high, pairs), builder.bitcast(high, pairs)])
-            two = builder.load(builder.bitcast(builder.gep(scale_row, [builder.mul(p, ir.Constant(i64, 2))]),
-                                               ir.VectorType(i16, 2).as_pointer()), align=2)
-            two = builder.bitcast(builder.shl(builder.zext(two, ir.VectorType(i32, 2)),
-                                              ir.Constant(ir.VectorType(i32, 2), [16, 16])),
-                                  ir.VectorType(ir.FloatType(), 2))
-            spread = builder.shuffle_vector(two, two, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
-            builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
-        return _sum_lanes(builder, builder.load(acc))
+        return _int4_pair_dots(builder, row, scale_row, n_groups, [x_data])[0]
     return types.float32(codes, n, xp, scales), codegen
 
 
@@ -260,42 +267,13 @@ INT4_TILE = 4  # input rows per int4 weight row decoded (``_tile_int4``)
 @extending.intrinsic
 def _tile_int4(typingctx, codes, n, xp, m, scales):
     """``_dot_int4_pairs`` of row n's codes with the ``INT4_TILE`` rows m, m + 1, ... of xp (M, K),
-    each in pair order: the codes of each pair of groups loaded and turned into bfloat16 once for
-    all the rows (a step of ``-N`` samples reads each 4-bit weight from memory once)."""
+    each in pair order: each 4-bit weight read from memory once for all the rows (a step of ``-N``)."""
     def codegen(context, builder, signature, args):
         codes_arr, x_arr, scales_arr = (context.make_array(signature.args[i])(context, builder, args[i])
                                         for i in (0, 2, 4))
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
         n_groups, n_in = builder.extract_value(scales_arr.shape, 1), builder.extract_value(x_arr.shape, 1)
         row = builder.gep(codes_arr.data, [builder.mul(args[1], builder.extract_value(codes_arr.shape, 1))])
         scale_row = builder.gep(scales_arr.data, [builder.mul(args[1], n_groups)])
-        x_rows = _rows(builder, x_arr.data, args[3], INT4_TILE, n_in)
-        words = ir.VectorType(i16, 32)
-        dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", SUMS, (SUMS, PAIRS, PAIRS))
-        fma = _declare(builder, "llvm.fma.v16f32", SUMS, (SUMS, SUMS, SUMS))
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(SUMS, None)) for _ in x_rows]
-        bias = ir.Constant(words, [0x4300] * 32)
-        with cgutils.for_range(builder, builder.udiv(n_groups, ir.Constant(i64, 2))) as loop:
-            p = loop.index
-            packed = builder.load(builder.bitcast(builder.gep(row, [builder.mul(p, ir.Constant(i64, 32))]),
-                                                  ir.VectorType(ir.IntType(8), 32).as_pointer()), align=1)
-            wide = builder.zext(packed, words)
-            low = builder.bitcast(builder.or_(builder.and_(wide, ir.Constant(words, [15] * 32)), bias), PAIRS)
-            high = builder.bitcast(builder.or_(builder.lshr(wide, ir.Constant(words, [4] * 32)), bias), PAIRS)
-            two = builder.load(builder.bitcast(builder.gep(scale_row, [builder.mul(p, ir.Constant(i64, 2))]),
-                                               ir.VectorType(i16, 2).as_pointer()), align=2)
-            two = builder.bitcast(builder.shl(builder.zext(two, ir.VectorType(i32, 2)),
-                                              ir.Constant(ir.VectorType(i32, 2), [16, 16])),
-                                  ir.VectorType(ir.FloatType(), 2))
-            spread = builder.shuffle_vector(two, two, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
-            for acc, x_row in zip(accs, x_rows, strict=True):
-                x_at = builder.gep(x_row, [builder.mul(p, ir.Constant(i64, 64))])
-                x_low = builder.load(builder.bitcast(x_at, words.as_pointer()), align=2)
-                x_high = builder.load(builder.bitcast(builder.gep(x_at, [ir.Constant(i64, 32)]), words.as_pointer()),
-                                      align=2)
-                d = builder.call(dot, [ir.Constant(SUMS, None), builder.bitcast(x_low, PAIRS), low])
-                d = builder.call(dot, [d, builder.bitcast(x_high, PAIRS), high])
-                builder.store(builder.call(fma, [d, spread, builder.load(acc)]), acc)
-        sums = [_sum_lanes(builder, builder.load(acc)) for acc in accs]
+        sums = _int4_pair_dots(builder, row, scale_row, n_groups, _rows(builder, x_arr.data, args[3], INT4_TILE, n_in))
         return context.make_tuple(builder, signature.return_type, sums)
     return types.UniTuple(types.float32, INT4_TILE)(codes, n, xp, m, scales), codegen
