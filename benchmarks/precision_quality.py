@@ -30,7 +30,7 @@ def main() -> None:
     ids = Tokenizer().encode(CHAT)
     logits = {}
     with torch.inference_mode():
-        for dtype in ("float32", "bfloat16", "int8", "int4"):
+        for dtype in ("float32", "bfloat16", "auto", "int8", "int4"):
             loaded = load_model(model, dtype=dtype).model
             logits[dtype] = loaded(torch.tensor([ids]))[0].float()
             logits[f"{dtype} decode"] = teacher_forced_decode(loaded, ids)
@@ -39,7 +39,7 @@ def main() -> None:
     print(f"{len(targets)} tokens; float32 loss {full:.4f} nats/token")
     for path, name in (("", "the whole text at once (a prompt)"), (" decode", "a token at a time (decode)")):
         print(name)
-        for dtype in ("float32", "bfloat16", "int8", "int4"):
+        for dtype in ("float32", "bfloat16", "auto", "int8", "int4"):
             loss = F.cross_entropy(logits[dtype + path][:-1], targets).item()
             agree = (logits[dtype + path].argmax(-1) == logits["float32"].argmax(-1)).float().mean().item()
             print(f"  {dtype}: loss {loss - full:+.4f} against float32, top-1 the same at {agree:.1%} of positions")

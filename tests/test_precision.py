@@ -304,6 +304,8 @@ def test_auto_runs_bfloat16_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     for stored in (torch.float32, torch.float16, torch.bfloat16):  # whatever the file's dtype
         assert choose_scheme("auto", stored, cpu).name == "bfloat16"
+        assert choose_scheme("auto", stored, cpu).cache_dtype == torch.int8  # and the int8 KV cache
+        assert choose_scheme("bfloat16", stored, cpu).cache_dtype == torch.bfloat16  # asked for: 16 bits throughout
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     for stored in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         assert choose_scheme("auto", stored, cpu).name == "float32"  # never emulated 16-bit math
