@@ -26,6 +26,7 @@ from chatgpt_cli.weights import load_model
 TOK = Tokenizer()
 TEMPLATE = load_template("default")
 LONG = 65536  # max_tokens of a generation that only ends when it is stopped (the most a request may ask)
+FOREVER = {"max_tokens": LONG, "logit_bias": {"50256": -100}}  # and no end-of-text (random weights sample one at times)
 
 
 @contextmanager
@@ -306,7 +307,7 @@ def test_eight_concurrent_clients_each_get_their_own_answer(client):
 def holding_the_engine(server):
     """A streaming request that would run forever, until the block ends and the client leaves."""
     with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
-                      json={"prompt": "Go", "max_tokens": LONG, "stream": True}) as response:
+                      json={"prompt": "Go", **FOREVER, "stream": True}) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         yield
@@ -326,7 +327,7 @@ def test_a_disconnect_frees_the_engine_at_once(server, client):
 
 def test_a_client_that_gives_up_waiting_frees_the_engine(server, client):
     with pytest.raises(httpx.TimeoutException):  # not streamed: the client leaves before the answer
-        httpx.post(server.url + "/v1/completions", json={"prompt": "Go", "max_tokens": LONG}, timeout=0.5)
+        httpx.post(server.url + "/v1/completions", json={"prompt": "Go", **FOREVER}, timeout=0.5)
     wait_until(lambda: not health(server)["busy"])
     assert complete(client, "Hello", max_tokens=3, temperature=0)
 
