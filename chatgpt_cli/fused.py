@@ -115,7 +115,6 @@ class FusedDecoder:
                        for b in t.h]
         self.ln_f, self.head = layer_norm_arrays(t.ln_f), model.lm_head.product_arrays()
         self.vocab = model.lm_head.out_features
-        self.batches = True  # every form has a few-rows kernel: -N steps run here too
 
     def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
         x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)

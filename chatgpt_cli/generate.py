@@ -88,7 +88,7 @@ class Engine:
         self.caches = [block.attn.kv_cache for block in self.model.transformer.h]  # this engine's own
         self.decode: Callable[[int, int], torch.Tensor] = (
             GraphDecoder(self.model) if graph else cpu_decoder(self.model) or functools.partial(decode_one, self.model))
-        self.batch_decode = getattr(self.decode, "rows", None) if getattr(self.decode, "batches", False) else None
+        self.batch_decode = getattr(self.decode, "rows", None)  # the fused step of -N's rows, where there is one
         # a padded vocabulary (nanoGPT rounds it up to a multiple of 64) has rows no token is behind
         self.n_vocab = min(self.model.config.vocab_size, Tokenizer.n_vocab)
 

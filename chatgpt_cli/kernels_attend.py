@@ -16,9 +16,9 @@ cost. For heads of 64 values (every GPT-2 size) the two passes are written in LL
   so that the additions do not wait on each other), each value row loaded once.
 
 The cache is float32, bfloat16 bits (the top half of a float32: widened by a shift) or int8 codes
-with a float32 scale per position and head (``--dtype int8`` and ``int4``: at 800 tokens the
-attention reads the cache's bytes as fast as memory delivers them, so its size is what a long
-context costs).
+with a float32 scale per position and head (``--dtype int8``, ``int4`` and ``auto``: at 800
+tokens the attention reads the cache's bytes as fast as memory delivers them, so its size is what
+a long context costs).
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ def _load16(builder, at, form: str):
 
 def _offset(builder, at, i: int):
     return builder.gep(at, [ir.Constant(INDEX, i)])
+
+
+def _head_at(context, builder, array_type, array, b, h):
+    """A pointer to array[b, h, 0] of a (B, nh, 64) float32 array (a query, an output)."""
+    arr = context.make_array(array_type)(context, builder, array)
+    n_head = builder.extract_value(arr.shape, 1)
+    return builder.gep(arr.data, [builder.mul(builder.add(builder.mul(b, n_head), h), ir.Constant(INDEX, HEAD))])
 
 
 AHEAD = 32  # keys (or values) ahead of the one being read whose cache lines are prefetched
@@ -118,10 +125,7 @@ def _key_scores(typingctx, cache, b, h, n, q, scores):
     def codegen(context, builder, signature, args):
         at, form = _cache_at(context, builder, signature, args)
         fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
-        q_arr = context.make_array(signature.args[4])(context, builder, args[4])
-        n_head = builder.extract_value(q_arr.shape, 1)
-        q_at = builder.gep(q_arr.data, [builder.mul(builder.add(builder.mul(args[1], n_head), args[2]),
-                                                    ir.Constant(INDEX, HEAD))])
+        q_at = _head_at(context, builder, signature.args[4], args[4], args[1], args[2])
         q = [_load16(builder, _offset(builder, q_at, LANES * i), "f32") for i in range(HEAD // LANES)]
         out = context.make_array(signature.args[5])(context, builder, args[5]).data
         blocks = builder.udiv(args[3], ir.Constant(INDEX, LANES))
@@ -149,10 +153,7 @@ def _weighted_values(typingctx, cache, b, h, n, weights, out):
         at, form = _cache_at(context, builder, signature, args)
         fma = _declare(builder, "llvm.fma.v16f32", VEC, (VEC, VEC, VEC))
         w = context.make_array(signature.args[4])(context, builder, args[4]).data
-        out_arr = context.make_array(signature.args[5])(context, builder, args[5])
-        n_head = builder.extract_value(out_arr.shape, 1)
-        out_at = builder.gep(out_arr.data, [builder.mul(builder.add(builder.mul(args[1], n_head), args[2]),
-                                                        ir.Constant(INDEX, HEAD))])
+        out_at = _head_at(context, builder, signature.args[5], args[5], args[1], args[2])
         parts = HEAD // LANES
         sets = [[cgutils.alloca_once_value(builder, ir.Constant(VEC, None)) for _ in range(parts)] for _ in range(2)]
 
@@ -221,21 +222,18 @@ def _store(cache, scales, b, h, pos, new):
     return plain
 
 
-def scaled(values, cache, scales, b, h, c):
-    """values[t] *= c, and for int8 codes also by each position's scale (scales[b, h, t])."""
+def fold_scales(values, cache, scales, b, h):
+    """For int8 codes, values[t] *= each position's scale (scales[b, h, t]); other forms: nothing."""
 
 
-@extending.overload(scaled, inline="always")
-def _scaled(values, cache, scales, b, h, c):
+@extending.overload(fold_scales, inline="always")
+def _fold_scales(values, cache, scales, b, h):
     if cache.dtype == types.int8:
-        def by_position(values, cache, scales, b, h, c):
+        def by_position(values, cache, scales, b, h):
             for t in range(values.shape[0]):
-                values[t] *= scales[b, h, t] * c
+                values[t] *= scales[b, h, t]
         return by_position
-
-    def by_constant(values, cache, scales, b, h, c):
-        values *= c
-    return by_constant
+    return lambda values, cache, scales, b, h: None
 
 
 @jit
@@ -261,10 +259,11 @@ def attend(q, k_new, v_new, k_cache, v_cache, k_scale, v_scale, pos, out):
                 for d in range(hs):
                     acc += q[b, h, d] * widen(k_cache[b, h, t, d])
                 scores[t] = acc
-        scaled(scores, k_cache, k_scale, b, h, np.float32(1.0 / math.sqrt(hs)))
+        fold_scales(scores, k_cache, k_scale, b, h)
+        scores *= np.float32(1.0 / math.sqrt(hs))
         softmax(scores)
         weights = scores
-        scaled(weights, v_cache, v_scale, b, h, np.float32(1.0))  # int8: each value's scale folded into its weight
+        fold_scales(weights, v_cache, v_scale, b, h)  # int8: each value's scale folded into its weight
         if hs == HEAD:
             _weighted_values(v_cache, b, h, pos + 1, weights, out)
         else:

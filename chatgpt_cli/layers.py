@@ -305,9 +305,9 @@ class FusedKVCache(KVCache):
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device | str | None = None, static: bool = False) -> None:
         super().__init__(batch, n_head, max_len, head_dim, dtype, device, static)
-        make = torch.ones if dtype == torch.int8 else torch.empty  # unused but by int8 codes
+        scales = max_len if dtype == torch.int8 else 0  # only int8 codes have scales (the kernel takes them all)
         for name in ("k_scale", "v_scale"):
-            self.register_buffer(name, make((batch, n_head, max_len), device=device), persistent=False)
+            self.register_buffer(name, torch.ones((batch, n_head, scales), device=device), persistent=False)
         self.kernel = None  # looked up on first use (12 calls a token in GPT-2 124M)
         self._arrays()
 

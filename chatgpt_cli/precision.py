@@ -13,9 +13,9 @@ where:
 - elsewhere (CUDA, MPS) and for ``fast=False``: torch's own layers (``TorchScheme``); on CUDA the
   decode step is recorded as a CUDA graph over a static cache (cuda_graph.py).
 
-int4's unembedding is int8, which keeps it faithful at little cost. On the CPU int8 and int4 keep
-the KV cache as int8 codes with a scale per position and head (layers.FusedKVCache); float32 and
-bfloat16 keep it in their own precision.
+int4's unembedding is int8, which keeps it faithful at little cost. On the CPU int8, int4 and auto
+keep the KV cache as int8 codes with a scale per position and head (layers.FusedKVCache); float32
+and bfloat16 keep it in their own precision.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def auto_dtype(stored: torch.dtype, device: torch.device) -> str:
     - a CPU with native bfloat16: bfloat16 weights, whatever the file's dtype (half float32's
       bytes per token; llama.cpp's converter also defaults to 16 bits), and the int8 KV cache of
       ``--dtype int8`` (at 800 tokens the cache is an eighth of a 124M token's bytes in bfloat16:
-      decode after 800 tokens 0.80 -> 0.89 of after 8, interleaved, same minutes); other CPUs:
+      decode after 800 tokens 0.80-0.85 -> 0.89-0.97 of after 8, interleaved, same minutes); other CPUs:
       float32 (16-bit math emulated in software is slower than float32);
     - a CUDA GPU: 16-bit files as stored, float32 ones in bfloat16 (float16 where it lacks it);
     - other devices: as stored (float64 as float32).
