@@ -11,9 +11,19 @@ from __future__ import annotations
 import llvmlite.binding
 from llvmlite import ir
 from numba import extending, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 
-BF16_DOT = "+avx512bf16" in llvmlite.binding.get_host_cpu_features().flatten()
+
+def target_features() -> str:
+    """The CPU features numba compiles for: its ``NUMBA_CPU_FEATURES`` override where set (which also
+    lets a test compile for a CPU without AVX-512), else this host's."""
+    host = llvmlite.binding.get_host_cpu_features().flatten
+    return config.CPU_FEATURES if config.CPU_FEATURES is not None else host()
+
+
+# Each x86 intrinsic below is used only where the CPU has it; LLVM aborts the process on one it lacks.
+BF16_DOT = "+avx512bf16" in target_features()  # vdpbf16ps: the bfloat16 and int4 kernels
+INT16_MADD = "+avx512bw" in target_features()  # vpmaddwd on 512 bits: the int8 few-rows tile
 
 
 class _BFloat(ir.Type):
@@ -104,9 +114,18 @@ class _Int8Step:
 
     def __call__(self, builder, w, x_at, acc):
         words = ir.VectorType(ir.IntType(16), 32)
-        madd = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", self.zero, (words, words))
         x = builder.load(builder.bitcast(x_at, words.as_pointer()), align=1)
-        return builder.add(acc, builder.call(madd, [w, x]))
+        if INT16_MADD:
+            madd = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", self.zero, (words, words))
+            return builder.add(acc, builder.call(madd, [w, x]))
+        # elsewhere the same sums written out: 32 products in 32 bits, each even one added to the
+        # odd one beside it (the pattern LLVM turns into vpmaddwd on AVX2)
+        wide = ir.VectorType(ir.IntType(32), 32)
+        products = builder.mul(builder.sext(w, wide), builder.sext(x, wide))
+        lanes = ir.VectorType(ir.IntType(32), 16)
+        even, odd = (builder.shuffle_vector(products, products, ir.Constant(lanes, list(range(i, 32, 2))))
+                     for i in (0, 1))
+        return builder.add(acc, builder.add(even, odd))
 
 
 @extending.intrinsic

@@ -455,3 +455,27 @@ def test_int4_weights_widen_to_exactly_what_they_store():
         pytest.skip("the int4 decode kernel's codes exist on a CPU with AVX-512 BF16")
     want = dequantize_groups(layer.codes, layer.group_scales.float(), layer.group_offsets.float(), torch.float32)
     assert torch.equal(layer.dense(torch.float32), want.to(torch.bfloat16).float())
+
+
+AVX2_ONLY = ",".join(["-avx512f", "-avx512bw", "-avx512dq", "-avx512vl", "-avx512cd", "-avx512bf16", "-avx512vnni",
+                      "-avx512vbmi", "-avx512vbmi2", "-avx512ifma", "-avx512bitalg", "-avx512vpopcntdq", "-avx512fp16",
+                      "+avx2", "+fma", "+avx", "+f16c", "+bmi2"])
+
+
+def test_every_kernel_runs_on_a_cpu_without_avx512(tmp_path):
+    """Compiled for a CPU with AVX2 but no AVX-512 (numba's own target override), every kernel picks
+    its portable form and still equals torch's product: an x86 intrinsic the CPU lacks would abort
+    the whole process in LLVM (the int8 few-rows tile did, for ``-N`` with ``--dtype int8``)."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"NUMBA_CPU_FEATURES": AVX2_ONLY, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    probe = "from chatgpt_cli import intrinsics; print(intrinsics.BF16_DOT, intrinsics.INT16_MADD)"
+    features = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout
+    assert features == "False False\n"  # the kernels compile for that CPU
+    tests = ("each_kernel_equals or fused_attention or fused_decode_step or fused_step_of_a_batch "
+             "or never_overflow or int4_few_rows")
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", tests],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]  # 0: tests ran, none failed
