@@ -2,6 +2,8 @@
 read from memory once for all the rows, the sums of several rows kept side by side.
 
 - ``matmul``, any stored form (kernels.widen): two weight rows by four input rows at a time;
+- ``matmul_f32``, float32: one weight row by eight input rows (intrinsics._tile_f32), the weights
+  prefetched ahead, as for bfloat16 below;
 - ``matmul_bf16``, bfloat16 on a CPU with AVX-512 BF16: one weight row by eight input rows in its
   dot-product instruction (intrinsics._tile_bf16), the weights prefetched ahead;
 - ``matmul_int8``: the same in 16-bit integers (intrinsics._tile_int8), each input row quantized
@@ -22,8 +24,10 @@ from chatgpt_cli.intrinsics import (
     LONG_ROWS,
     TILE,
     _pair_bf16,
+    _pair_f32,
     _pair_int8,
     _tile_bf16,
+    _tile_f32,
     _tile_int4,
     _tile_int8,
 )
@@ -106,6 +110,31 @@ def matmul_bf16(x, w, scale, bias, out, gelu):
 
 
 @jit
+def matmul_f32(x, w, scale, bias, out, gelu):
+    """``matmul`` for float32 weights: each weight row read once for ``TILE`` input rows, 32 values a
+    step in two vector multiply-adds per input row (``_tile_f32``); rows longer than half of
+    ``LONG_ROWS`` (float32 inputs take twice bfloat16's bytes) two weight rows by four input rows."""
+    if w.shape[1] % 32:
+        matmul(x, w, scale, bias, out, gelu)
+        return
+    xf = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.float32)  # zero padding rows
+    xf[:x.shape[0]] = x
+    if w.shape[1] > LONG_ROWS // 2:
+        for p in prange((w.shape[0] + 1) // 2):
+            n0, n1 = 2 * p, min(2 * p + 1, w.shape[0] - 1)  # an odd last row pairs with itself
+            for m in range(0, x.shape[0], 4):
+                put_pair(out, m, n0, n1, _pair_f32(w, n0, n1, xf, m), scale, bias)
+    else:
+        for n in prange(w.shape[0]):
+            for m in range(0, xf.shape[0], TILE):
+                sums = _tile_f32(w, n, xf, m)
+                for i in range(min(TILE, x.shape[0] - m)):
+                    out[m + i, n] = sums[i] * scale[n] + bias[n]
+    if gelu:
+        apply_gelu(out)
+
+
+@jit
 def matmul_int8(x, q, scale, bias, out, gelu):
     """``matmul`` for int8 weights, in integers: each row of x quantized to int16 (``quantize16``),
     then each weight row read once for ``TILE`` input rows, exact 32-bit sums (``_tile_int8``)."""
@@ -177,6 +206,8 @@ def _rows_product(x, w, scale, bias, out, gelu):
         tiles = matmul_bf16
     elif w.dtype == types.int8:
         tiles = matmul_int8
+    elif w.dtype == types.float32:
+        tiles = matmul_f32
     else:
         tiles = matmul
 
