@@ -152,22 +152,32 @@ class _F32Step:
         return builder.call(fma, [w[1], x[1], builder.call(fma, [w[0], x[0], acc])])
 
 
-@extending.intrinsic
-def _dot_bf16(typingctx, w, n, xb):
-    """w[n] . xb for bfloat16 bits w (N, K) and xb (K,), K a multiple of 32, in AVX-512 BF16's
-    dot-product instruction (vdpbf16ps): 32 products a step into 16 float32 sums, added up at the
-    end. The weights go from memory into the instruction with nothing to widen them first."""
-    def codegen(context, builder, signature, args):
-        w_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        x_arr = context.make_array(signature.args[2])(context, builder, args[2])
-        n_in = builder.extract_value(w_arr.shape, 1)
-        return _dots(builder, _rows(builder, w_arr.data, args[1], 1, n_in), [x_arr.data], n_in, _BF16Step())[0][0]
-    return types.float32(w, n, xb), codegen
-
-
 TILE = 8  # the few-rows kernel's input rows per weight row read: eight sums side by side
 AHEAD = 4096  # and how many weights ahead of them it prefetches (16 KB of float32, 8 of bfloat16, 4 of int8, 2 of int4)
 LONG_ROWS = 1536  # longer rows: eight input rows (24 KB and more) no longer fit the L1 cache beside the weights
+
+
+def _one_row(step, ahead, about):
+    """An intrinsic (w, n, x) -> w[n] . x for (N, K) weights and one row x (K,), K a multiple of 32,
+    a step's 32 products into 16 float32 sums, added up at the end; the weights ``ahead`` values on
+    prefetched (0: none, the CPU's own prefetcher keeps up)."""
+    def dot(typingctx, w, n, x):
+        def codegen(context, builder, signature, args):
+            w_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+            n_in = builder.extract_value(w_arr.shape, 1)
+            row = _rows(builder, w_arr.data, args[1], 1, n_in)
+            return _dots(builder, row, [x_arr.data], n_in, step, ahead=ahead)[0][0]
+        return types.float32(w, n, x), codegen
+    dot.__doc__ = about
+    return extending.intrinsic(dot)
+
+
+_dot_bf16 = _one_row(_BF16Step(), 0, """bfloat16 bits w and xb in AVX-512 BF16's dot-product instruction
+    (vdpbf16ps): the weights go from memory into the instruction with nothing to widen them first.""")
+_dot_f32 = _one_row(_F32Step(), AHEAD, """float32 w and x, two vector multiply-adds a step; the prefetch
+    into L2 reads a float32 matrix 1.1x faster than the plain loop numba vectorizes (124M's
+    products 17.3 -> 15.5 ms, 32 GB/s, this machine's read bandwidth; AMD EPYC).""")
 
 
 def _tile(step, result, about):
