@@ -2,10 +2,9 @@
 read from memory once for all the rows, the sums of several rows kept side by side.
 
 - ``matmul``, any stored form (kernels.widen): two weight rows by four input rows at a time;
-- ``matmul_f32``, float32: one weight row by eight input rows (intrinsics._tile_f32), the weights
-  prefetched ahead, as for bfloat16 below;
-- ``matmul_bf16``, bfloat16 on a CPU with AVX-512 BF16: one weight row by eight input rows in its
-  dot-product instruction (intrinsics._tile_bf16), the weights prefetched ahead;
+- ``matmul_tiles``, float32, and bfloat16 on a CPU with AVX-512 BF16: one weight row by eight
+  input rows in vector multiply-adds or its dot-product instruction (intrinsics._tile_f32,
+  _tile_bf16), the weights prefetched ahead;
 - ``matmul_int8``: the same in 16-bit integers (intrinsics._tile_int8), each input row quantized
   on its own (kernels.quantize16), exact 32-bit sums;
 - ``matmul_int4``: each 4-bit weight row decoded once for four input rows (intrinsics._tile_int4).
@@ -84,50 +83,70 @@ def matmul(x, w, scale, bias, out, gelu):
         apply_gelu(out)
 
 
-@jit
-def matmul_bf16(x, w, scale, bias, out, gelu):
-    """``matmul`` for bfloat16 weights on a CPU with AVX-512 BF16: x rounded to bfloat16 once, then
-    each weight row read once for ``TILE`` input rows in its dot-product instruction (``_tile_bf16``)."""
-    if w.shape[1] % 32:
-        matmul(x, w, scale, bias, out, gelu)
-        return
-    xb = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.uint16)  # zero padding rows
-    for m in range(x.shape[0]):
-        xb[m] = rounded(x[m])
-    if w.shape[1] > LONG_ROWS:
-        for p in prange((w.shape[0] + 1) // 2):
-            n0, n1 = 2 * p, min(2 * p + 1, w.shape[0] - 1)  # an odd last row pairs with itself
-            for m in range(0, x.shape[0], 4):
-                put_pair(out, m, n0, n1, _pair_bf16(w, n0, n1, xb, m), scale, bias)
-    else:
-        for n in prange(w.shape[0]):
-            for m in range(0, xb.shape[0], TILE):
-                sums = _tile_bf16(w, n, xb, m)
-                for i in range(min(TILE, x.shape[0] - m)):
-                    out[m + i, n] = sums[i] * scale[n] + bias[n]
-    if gelu:
-        apply_gelu(out)
+def tile_input(x, w):
+    """x (M, K) float32 as the tiles of w's form read it: bfloat16 bits (rounded once) or float32,
+    with zero rows added up to a multiple of ``TILE``."""
+
+
+@extending.overload(tile_input, inline="always")
+def _tile_input(x, w):
+    if w.dtype == types.uint16:
+        def bfloat16_rows(x, w):
+            xt = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.uint16)
+            for m in range(x.shape[0]):
+                xt[m] = rounded(x[m])
+            return xt
+        return bfloat16_rows
+
+    def float32_rows(x, w):
+        xt = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.float32)
+        xt[:x.shape[0]] = x
+        return xt
+    return float32_rows
+
+
+def tile(w, n, xt, m):
+    """The ``TILE`` dot products of w[n] with xt[m], xt[m + 1], ... in w's form's tile."""
+
+
+@extending.overload(tile, inline="always")
+def _tile(w, n, xt, m):
+    if w.dtype == types.uint16:
+        return lambda w, n, xt, m: _tile_bf16(w, n, xt, m)
+    return lambda w, n, xt, m: _tile_f32(w, n, xt, m)
+
+
+def pair(w, n0, n1, xt, m):
+    """w[n0] and w[n1] each with xt[m .. m + 3] (8 sums) in w's form's pair tile."""
+
+
+@extending.overload(pair, inline="always")
+def _pair(w, n0, n1, xt, m):
+    if w.dtype == types.uint16:
+        return lambda w, n0, n1, xt, m: _pair_bf16(w, n0, n1, xt, m)
+    return lambda w, n0, n1, xt, m: _pair_f32(w, n0, n1, xt, m)
 
 
 @jit
-def matmul_f32(x, w, scale, bias, out, gelu):
-    """``matmul`` for float32 weights: each weight row read once for ``TILE`` input rows, 32 values a
-    step in two vector multiply-adds per input row (``_tile_f32``); rows longer than half of
-    ``LONG_ROWS`` (float32 inputs take twice bfloat16's bytes) two weight rows by four input rows."""
+def matmul_tiles(x, w, scale, bias, out, gelu):
+    """``matmul`` for float32 weights, and bfloat16 ones on a CPU with AVX-512 BF16: x in the form's
+    input (``tile_input``), then each weight row read once for ``TILE`` input rows (``tile``: 32
+    products a step into 16 sums per row, vector multiply-adds or ``vdpbf16ps``); rows longer than
+    ``LONG_ROWS`` values of bfloat16 input (half as many of float32) two weight rows by four input
+    rows (``pair``), so that the inputs stay in the L1 cache."""
     if w.shape[1] % 32:
         matmul(x, w, scale, bias, out, gelu)
         return
-    xf = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, w.shape[1]), np.float32)  # zero padding rows
-    xf[:x.shape[0]] = x
-    if w.shape[1] > LONG_ROWS // 2:
+    xt = tile_input(x, w)
+    if w.shape[1] * xt.itemsize > 2 * LONG_ROWS:
         for p in prange((w.shape[0] + 1) // 2):
             n0, n1 = 2 * p, min(2 * p + 1, w.shape[0] - 1)  # an odd last row pairs with itself
             for m in range(0, x.shape[0], 4):
-                put_pair(out, m, n0, n1, _pair_f32(w, n0, n1, xf, m), scale, bias)
+                put_pair(out, m, n0, n1, pair(w, n0, n1, xt, m), scale, bias)
     else:
         for n in prange(w.shape[0]):
-            for m in range(0, xf.shape[0], TILE):
-                sums = _tile_f32(w, n, xf, m)
+            for m in range(0, xt.shape[0], TILE):
+                sums = tile(w, n, xt, m)
                 for i in range(min(TILE, x.shape[0] - m)):
                     out[m + i, n] = sums[i] * scale[n] + bias[n]
     if gelu:
@@ -202,12 +221,10 @@ def rows_product(x, w, scale, bias, out, gelu):
 def _rows_product(x, w, scale, bias, out, gelu):
     if w.dtype == types.uint8:  # int4 codes (only built where BF16_DOT)
         tiles = matmul_int4
-    elif w.dtype == types.uint16 and BF16_DOT:
-        tiles = matmul_bf16
+    elif (w.dtype == types.uint16 and BF16_DOT) or w.dtype == types.float32:
+        tiles = matmul_tiles
     elif w.dtype == types.int8:
         tiles = matmul_int8
-    elif w.dtype == types.float32:
-        tiles = matmul_f32
     else:
         tiles = matmul
 
