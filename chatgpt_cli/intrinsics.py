@@ -1,9 +1,13 @@
-"""Dot products in AVX-512 BF16's instruction, as numba intrinsics (kernels.py calls them).
+"""Dot products written in LLVM IR, as numba intrinsics (kernels.py and kernels_rows.py call them).
 
 LLVM's vectorizer never emits ``vdpbf16ps`` (32 bfloat16 products added into 16 float32 sums in
-one instruction), so these write the LLVM IR of a row's dot product themselves: a loop over the
-row 32 values at a time, 16 sums kept side by side, added up at the end. They compile only on a
-CPU that has the instruction (``BF16_DOT``); kernels.py picks them there and plain loops elsewhere.
+one instruction), nor keeps eight input rows' sums side by side for one weight row read, nor
+prefetches, so these write the LLVM IR of the dot products themselves: a loop over the row 32
+values at a time, 16 sums kept side by side, added up at the end (``_dots``; float32, bfloat16,
+16-bit integer and int4 steps), one row or a tile of rows at a time, the weights prefetched into
+the L2 cache where that measured faster. An x86 instruction named here is used only where the
+CPU numba compiles for has it (``BF16_DOT``, ``INT16_MADD``); kernels.py picks plain loops
+elsewhere.
 """
 
 from __future__ import annotations
