@@ -21,7 +21,7 @@ On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instructio
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
 Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
-folder named by a hash of this file, kernels_rows.py, kernels_attend.py, intrinsics.py and
+folder named by a hash of this file, kernels_rows.py, kernels_attend.py, intrinsics*.py and
 fused.py, so only the first run on a machine (or of a new version) compiles (a few seconds); the
 cache is set before numba is imported.
 """
@@ -41,14 +41,15 @@ import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import extending, njit, prange, types  # noqa: E402
 
-from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_f32, _dot_int4, _dot_int4_pairs  # noqa: E402
+from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_f32  # noqa: E402
+from chatgpt_cli.intrinsics_int4 import _dot_int4, _dot_int4_pairs  # noqa: E402
 
 
 def _source_hash() -> str:
     """A hash of the kernels' source: numba checks only the file a cached function is in, so code
     compiled against an older version of a kernel it calls would otherwise still be loaded."""
     here = Path(__file__).parent
-    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "intrinsics.py", "fused.py")
+    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "intrinsics.py", "intrinsics_int4.py", "fused.py")
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 

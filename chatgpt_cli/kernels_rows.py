@@ -7,7 +7,7 @@ read from memory once for all the rows, the sums of several rows kept side by si
   _tile_bf16), the weights prefetched ahead;
 - ``matmul_int8``: the same in 16-bit integers (intrinsics._tile_int8), each input row quantized
   on its own (kernels.quantize16), exact 32-bit sums;
-- ``matmul_int4``: each 4-bit weight row decoded once for four input rows (intrinsics._tile_int4).
+- ``matmul_int4``: each 4-bit weight row decoded once for four input rows (intrinsics_int4._tile_int4).
 
 ``rows_product`` picks the form's kernel (one row: kernels.product); fused.py's step calls it.
 """
@@ -19,7 +19,6 @@ from numba import extending, njit, prange, types
 
 from chatgpt_cli.intrinsics import (
     BF16_DOT,
-    INT4_TILE,
     LONG_ROWS,
     TILE,
     _pair_bf16,
@@ -27,9 +26,9 @@ from chatgpt_cli.intrinsics import (
     _pair_int8,
     _tile_bf16,
     _tile_f32,
-    _tile_int4,
     _tile_int8,
 )
+from chatgpt_cli.intrinsics_int4 import INT4_TILE, _tile_int4
 from chatgpt_cli.kernels import apply_gelu, bf16, jit, pair_order, product, quantize16, rounded, widen
 
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
