@@ -16,9 +16,14 @@ with AVX-512 BF16) and the cache is the fused one; otherwise decode runs the mod
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, typeof
 
 from chatgpt_cli.kernels import widen
 from chatgpt_cli.kernels_attend import attend
@@ -101,6 +106,23 @@ def fusable(model: GPT) -> bool:
             and t.wte.weight.dtype in (torch.float32, torch.bfloat16))
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) inside the block waits until the block is done, then arrives as usual (a
+    KeyboardInterrupt). Only the main thread can hold it: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
 class FusedDecoder:
     """``decoder(token, pos)`` -> next-token logits (vocab,), like ``generate.decode_one``, and
     ``decoder.rows(tokens, pos)`` -> (B, vocab) for B rows of a batch (``-N``), over the caches the
@@ -115,6 +137,20 @@ class FusedDecoder:
                        for b in t.h]
         self.ln_f, self.head = layer_norm_arrays(t.ln_f), model.lm_head.product_arrays()
         self.vocab = model.lm_head.out_features
+        self._load()
+
+    def _load(self) -> None:
+        """Load the step's kernels now (from numba's disk cache, else compile them), with Ctrl-C held
+        until they are in. numba loads a kernel on its first call, the first token decoded: a Ctrl-C
+        landing inside that load left LLVM's objects half built, and the process died at once with
+        "free(): double free detected" instead of stopping the reply (1 run in 10-30 of
+        tests/test_chat.py's Ctrl-C test)."""
+        x, logits = np.zeros((1, self.wpe.shape[1]), np.float32), np.zeros((1, self.vocab), np.float32)
+        cache = self.model.transformer.h[0].attn.kv_cache.arrays
+        with interrupts_held():
+            embed.compile(tuple(typeof(a) for a in (self.wte, self.wpe, np.zeros(1, np.int64), 0)))
+            block_step.compile(tuple(typeof(a) for a in (x, *self.blocks[0], *cache, 0, self.eps)))
+            head_step.compile(tuple(typeof(a) for a in (x, self.ln_f, self.head, self.eps, logits)))
 
     def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
         x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)
