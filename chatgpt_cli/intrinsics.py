@@ -146,13 +146,16 @@ class _F32Step:
     zero = SUMS
 
     @staticmethod
-    def weights(builder, at):
+    def load(builder, at):
+        """The 32 float32 values at ``at`` as two vectors (weights and inputs alike)."""
         return [builder.load(builder.bitcast(builder.gep(at, [ir.Constant(ir.IntType(64), i)]), SUMS.as_pointer()),
                              align=4) for i in (0, 16)]
 
+    weights = load
+
     def __call__(self, builder, w, x_at, acc):
         fma = _declare(builder, "llvm.fma.v16f32", SUMS, (SUMS, SUMS, SUMS))
-        x = self.weights(builder, x_at)
+        x = self.load(builder, x_at)
         return builder.call(fma, [w[1], x[1], builder.call(fma, [w[0], x[0], acc])])
 
 
