@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatgpt_cli import hugepages
 from chatgpt_cli.model import KVCache
 
 ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
@@ -68,9 +69,17 @@ def bits(t: torch.Tensor):
     return t.numpy()
 
 
+def stream_memory(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An empty tensor for weights a decode step streams through: on the CPU in huge pages where
+    Linux gives them (hugepages.py: 0.80-0.88x the time of a product of one row)."""
+    if device.type == "cpu":
+        return hugepages.empty(tuple(shape), dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, in) floats -> int8 codes (out, in) and one float32 scale per row (out,)."""
-    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    codes = stream_memory(weight.shape, torch.int8, weight.device)
     scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
         rows = weight[start:start + ROWS_PER_CHUNK].float()
@@ -86,7 +95,7 @@ def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     In each group of 32, byte j holds weight j in its low nibble and weight j + 16 in its high one.
     """
     out, n_in = weight.shape
-    packed = torch.empty(out, n_in // 2, dtype=torch.uint8, device=weight.device)
+    packed = stream_memory((out, n_in // 2), torch.uint8, weight.device)
     scale = torch.empty(out, n_in // GROUP, dtype=torch.float32, device=weight.device)
     offset = torch.empty_like(scale)
     for start in range(0, out, ROWS_PER_CHUNK):
@@ -180,7 +189,7 @@ class Float32Linear(Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight, bias, gelu)
-        self.register_buffer("weight", weight.float().contiguous())
+        self.register_buffer("weight", hugepages.resident(weight, torch.float32))
         self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
@@ -192,7 +201,7 @@ class BFloat16Linear(Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> None:
         super().__init__(weight, bias, gelu)
-        self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
+        self.register_buffer("weight", hugepages.resident(weight, torch.bfloat16))
         self.arrays = (bits(self.weight), np.ones(self.out_features, np.float32))
         self.packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, for -N
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from chatgpt_cli import hugepages
 from chatgpt_cli.layers import (
     GROUP,
     BFloat16Linear,
@@ -83,6 +84,17 @@ class Scheme:
         if self.cache is FusedKVCache:
             load_kernels()
             use_torch_threads()
+        with hugepages.shared():  # the weights carved one after another from mappings in huge pages
+            self._swap_layers(model, copied)
+        # the rest computes in the activations' dtype; the token embedding (a lookup, perhaps shared
+        # with the unembedding) stays as stored: adding the float32 position embedding widens it
+        for module in (model.transformer.wpe, model.transformer.ln_f,
+                       *(m for block in model.transformer.h for m in (block.ln_1, block.ln_2))):
+            module.to(self.activations)
+        return model
+
+    def _swap_layers(self, model: GPT, copied: Callable[[torch.Tensor], None]) -> None:
+        """Every product of the model (the unembedding too) as this scheme's layer."""
         for parent, name in model.linear_layers():
             conv, gelu = getattr(parent, name), name == "c_fc"  # the MLP's GELU goes into c_fc's kernel
             setattr(parent, name, self.linear(conv.weight.t(), conv.bias, gelu))  # Conv1D keeps (in, out)
@@ -92,12 +104,9 @@ class Scheme:
         matrix = model.lm_head.matrix  # the unembedding: a layer like the others
         model.lm_head = self.head(matrix, None)
         copied(matrix)
-        # the rest computes in the activations' dtype; the token embedding (a lookup, perhaps shared
-        # with the unembedding) stays as stored: adding the float32 position embedding widens it
-        for module in (model.transformer.wpe, model.transformer.ln_f,
-                       *(m for block in model.transformer.h for m in (block.ln_1, block.ln_2))):
-            module.to(self.activations)
-        return model
+        wte, stored = model.transformer.wte, getattr(model.lm_head, "weight", None)
+        if matrix is wte.weight and stored is not None and (stored.dtype, stored.shape) == (matrix.dtype, matrix.shape):
+            wte.weight = nn.Parameter(stored, requires_grad=False)  # tied: the lookup reads the one copy
 
 
 def int4_or_int8(weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> Linear:

@@ -1,0 +1,83 @@
+"""The weights a decode step streams lie in huge pages where Linux gives them (hugepages.py)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatgpt_cli import hugepages
+from chatgpt_cli.bench import random_model
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+huge_pages_on = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not THP.exists() or "[never]" in THP.read_text(),
+    reason="needs Linux with transparent huge pages not off")
+
+
+def mapping_of(t: torch.Tensor) -> dict[str, str] | None:
+    """/proc/self/smaps' entry for the mapping that holds t's first byte (None: no such mapping)."""
+    address, entry = t.data_ptr(), None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+            start, end = (int(x, 16) for x in head.split("-"))
+            entry = {"range": head} if start <= address < end else None
+        elif entry is not None and ":" in head:
+            entry[head.rstrip(":")] = line.split(":", 1)[1].strip()
+            if head == "VmFlags:":
+                return entry
+    return entry
+
+
+@huge_pages_on
+def test_a_converted_models_weights_are_in_mappings_that_take_huge_pages() -> None:
+    for dtype in ("float32", "bfloat16", "int8", "int4"):
+        model = random_model("gpt2", dtype)
+        layers = [model.lm_head, *(m for b in model.transformer.h for m in (b.attn.c_attn, b.mlp.c_proj))]
+        for layer in layers:
+            stored = torch.from_numpy(layer.arrays[0])  # what the decode kernels stream
+            entry = mapping_of(stored)
+            assert entry is not None and "hg" in entry["VmFlags"].split(), (dtype, entry)  # MADV_HUGEPAGE
+            if "THPeligible" in entry:
+                assert entry["THPeligible"] == "1", (dtype, entry)
+        # the small ones too: carved from the same mappings as the big ones
+        assert mapping_of(torch.from_numpy(model.transformer.h[0].attn.c_proj.arrays[0]))["range"] \
+            == mapping_of(torch.from_numpy(model.transformer.h[0].attn.c_attn.arrays[0]))["range"]
+
+
+@huge_pages_on
+def test_huge_page_tensors_hold_their_values_and_are_unmapped_when_freed() -> None:
+    with hugepages.shared():
+        a, b = hugepages.empty((1000, 768), torch.int8), hugepages.empty((7,), torch.float32)
+    big = hugepages.resident(torch.arange(3 << 20, dtype=torch.float32).view(3, -1), torch.bfloat16)
+    assert big.dtype == torch.bfloat16 and big.shape == (3, 1 << 20) and big.is_contiguous()
+    assert torch.equal(big, torch.arange(3 << 20, dtype=torch.float32).view(3, -1).to(torch.bfloat16))
+    assert a.data_ptr() % hugepages.HUGE == 0 and big.data_ptr() % hugepages.HUGE == 0
+    a.fill_(-3)
+    b.copy_(torch.arange(7.0))
+    assert int(a.sum()) == -3 * 768000 and b.tolist() == list(range(7))
+    view = a[10:]
+    del a, b
+    gc.collect()
+    assert mapping_of(view) is not None and int(view.sum()) == -3 * 990 * 768  # a view keeps the memory
+    held = view.data_ptr()
+    del view
+    gc.collect()
+    assert all(not (int(line.split("-")[0], 16) <= held < int(line.split()[0].split("-")[1], 16))
+               for line in Path("/proc/self/maps").read_text().splitlines())  # unmapped
+    del big
+
+
+def test_without_huge_pages_tensors_are_ordinary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hugepages, "_mapping", lambda nbytes: None)  # another OS, a refused mmap
+    with hugepages.shared():
+        t = hugepages.empty((2048, 2048), torch.float32)
+    assert t.shape == (2048, 2048) and t.dtype == torch.float32
+    small = hugepages.empty((3,), torch.bfloat16)
+    assert small.shape == (3,) and small.dtype == torch.bfloat16
+    model = random_model("gpt2", "int8")
+    assert model.lm_head.arrays[0].shape == (50257, 768)
