@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from chatgpt_cli import hugepages
 from chatgpt_cli.generate import Engine, prefill, sync
+from chatgpt_cli.layers import Linear
 from chatgpt_cli.model import GPT, GPTConfig
 from chatgpt_cli.precision import Scheme, choose_scheme
 from chatgpt_cli.sampling import SamplingOptions
@@ -49,6 +51,7 @@ class BenchResult:
     long_context: int
     time_to_first_token_s: float
     peak_memory_mb: float
+    huge_pages: float | None = None  # the share of the streamed weights in 2 MB pages (None: unknown)
 
     def as_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -99,4 +102,12 @@ def measure(model: GPT, runs: int = 3, new_tokens: int = 32, prefill_len: int = 
     pairs = [(decode_rate(engine, ids[:8], new_tokens), decode_rate(engine, ids[:long_context], new_tokens))
              for _ in range(runs)]
     short, long = (statistics.median(rates) for rates in zip(*pairs, strict=True))
-    return BenchResult(prefill_len, prefill_len / prefill_s, short, long, long_context, ttft, peak_memory_mb(device))
+    return BenchResult(prefill_len, prefill_len / prefill_s, short, long, long_context, ttft, peak_memory_mb(device),
+                       weights_in_huge_pages(model))
+
+
+def weights_in_huge_pages(model: GPT) -> float | None:
+    """The share of the weights the CPU decode step streams (each product's stored matrix) that
+    lies in huge pages (hugepages.py); None where there are none or it cannot be read."""
+    arrays = [m.arrays[0] for m in model.modules() if isinstance(m, Linear) and m.arrays]
+    return hugepages.share((a.ctypes.data, a.nbytes) for a in arrays) if arrays else None

@@ -70,8 +70,20 @@ def bench(
                 (f"decode after {result.long_context} tokens", f"{result.decode_tok_s_long:.1f} tok/s"),
                 ("time to first token (8-token prompt)", f"{result.time_to_first_token_s * 1000:.1f} ms"),
                 ("peak memory", f"{result.peak_memory_mb:.0f} MB")]
+        if result.huge_pages is not None:
+            rows.append(("weights in 2 MB pages", pages(result.huge_pages)))
         print_table(f"{name} · {dt} · {dev} · {info['threads']} threads · median of {runs}",
                     [("measure", "left"), ("value", "right")], rows)
+
+
+def pages(share: float) -> str:
+    """The share of the weights in huge pages, and why where it is low."""
+    from chatgpt_cli.hugepages import setting
+
+    if share >= 0.5:
+        return f"{share:.0%}"
+    why = "transparent huge pages are off" if setting() == "never" else "Linux gave too few"
+    return f"{share:.0%} ({why}: decode is slower, see README)"
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,9 @@ import math
 import mmap
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -130,3 +131,34 @@ def resident(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     out = empty(tuple(t.shape), dtype or t.dtype)
     out.copy_(t)
     return out
+
+
+def setting() -> str | None:
+    """Linux's transparent huge page setting ("always", "madvise" or "never"); None elsewhere."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    chosen = [word.strip("[]") for word in text.split() if word.startswith("[")]
+    return chosen[0] if chosen else None
+
+
+def share(spans: Iterable[tuple[int, int]]) -> float | None:
+    """The share of the bytes of these spans of memory ((address, bytes): tensors, arrays) that lie
+    in huge pages, from /proc/self/smaps (each mapping's AnonHugePages counted once); None where it
+    cannot be read (not Linux)."""
+    spans = list(spans)
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    huge, inside = 0, False
+    for line in lines:
+        head = line.split(maxsplit=1)[0] if line.strip() else ""
+        if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = any(start <= ptr < end for ptr, _ in spans)
+        elif inside and head == "AnonHugePages:":
+            huge += int(line.split()[1]) * 1024
+    total = sum(n for _, n in spans)
+    return min(1.0, huge / total) if total else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import sys
 from pathlib import Path
 
@@ -81,3 +82,29 @@ def test_without_huge_pages_tensors_are_ordinary(monkeypatch: pytest.MonkeyPatch
     assert small.shape == (3,) and small.dtype == torch.bfloat16
     model = random_model("gpt2", "int8")
     assert model.lm_head.arrays[0].shape == (50257, 768)
+
+
+@huge_pages_on
+def test_bench_says_how_much_of_the_weights_is_in_huge_pages() -> None:
+    from typer.testing import CliRunner
+
+    from chatgpt_cli.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--random", "gpt2", "--dtype", "int8", "--runs", "1", "--tokens", "2",
+                                 "--prefill", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["huge_pages"] >= 0.9  # the whole model is one shared mapping's pages
+
+
+def test_the_share_in_huge_pages_and_why_it_is_low(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatgpt_cli.cli_bench import pages
+
+    if hugepages.setting() != "always":  # then ordinary memory is in huge pages too
+        plain = torch.ones(4 << 20)  # 16 MB of ordinary memory
+        assert hugepages.share([(plain.data_ptr(), plain.numel() * 4)]) in (None, 0.0)
+    assert hugepages.share([]) is None
+    assert pages(1.0) == "100%"
+    monkeypatch.setattr(hugepages, "setting", lambda: "never")
+    assert pages(0.0) == "0% (transparent huge pages are off: decode is slower, see README)"
+    monkeypatch.setattr(hugepages, "setting", lambda: "madvise")
+    assert pages(0.2) == "20% (Linux gave too few: decode is slower, see README)"
