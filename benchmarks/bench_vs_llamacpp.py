@@ -270,7 +270,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 theirs[gguf] = run_worker("llama", {**common, "gguf": str(paths[gguf]), "ids": ids})
             rows.append({"dtype": dtype, "gguf": gguf, "ours": ours, "llama": theirs[gguf]})
             print(f"{'round ' + str(r + 1) + ': ' if args.rounds > 1 else ''}{dtype:8s} vs {gguf:4s}: "
-                  + ", ".join(f"{k} {cell(ours.get(k), theirs[gguf][k])}" for k in ("short", "long", "prefill")),
+                  + ", ".join(f"{k} {cell(ours.get(k), theirs[gguf][k])}" for k in ("short", "long", "prefill"))
+                  + (f", ours in 2 MB pages {ours['huge_pages']:.0%}" if ours.get("huge_pages") is not None else ""),
                   flush=True)
         rounds.append(rows)
     return {**info, "short_context": 8, "long_context": long, "prefill_tokens": prefill, "rounds": len(rounds),

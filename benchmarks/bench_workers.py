@@ -40,7 +40,7 @@ def ours_worker(spec: dict) -> dict:
     if (r.prefill_tokens, r.long_context) != (spec["prefill"], spec["long"]):
         raise BenchError(f"measured {r.prefill_tokens}/{r.long_context} tokens, not {spec['prefill']}/{spec['long']}")
     return {"precision": loaded.precision, "short": r.decode_tok_s_short, "long": r.decode_tok_s_long,
-            "prefill": r.prefill_tok_s}
+            "prefill": r.prefill_tok_s, "huge_pages": r.huge_pages}
 
 
 def llama(spec: dict, **kw):
