@@ -8,9 +8,9 @@ bfloat16, 0.88x in int8 (AMD EPYC, measured in one process, the two memories in 
 
 Linux backs an anonymous mapping with huge pages when the mapping asks (``madvise(MADV_HUGEPAGE)``)
 and its setting allows it (``always`` or ``madvise`` in /sys/kernel/mm/transparent_hugepage/enabled).
-A tensor made in a ``shared`` block (a model's weights as its scheme converts them, the caches of
-all its layers) is carved from mappings common to the block, so tensors smaller than a huge page
-are in huge pages too; elsewhere a tensor that spans one gets a mapping of its own, starting on a
+A tensor made in a ``shared`` block (a model's weights, as its scheme converts them: precision.py)
+is carved from mappings common to the block, so tensors smaller than a huge page are in huge
+pages too; elsewhere a tensor that spans one gets a mapping of its own, starting on a
 2 MB boundary (its tail past the last whole huge page in 4 KB pages: nothing wasted). A mapping is
 unmapped when no tensor holds it. Elsewhere (another OS, huge pages off, a failed call) tensors are
 ordinary ones: the pages are only a speed-up.
@@ -95,8 +95,9 @@ _shared: contextvars.ContextVar[list[_Block] | None] = contextvars.ContextVar("h
 @contextmanager
 def shared() -> Iterator[None]:
     """Inside the block, ``empty`` carves its tensors one after another from common mappings of
-    ``SHARED`` bytes (a model's weights, the caches of every layer): tensors smaller than a huge
-    page get them too. A mapping is unmapped once none of its tensors is left."""
+    ``SHARED`` bytes of address space (a model's weights): tensors smaller than a huge page get
+    them too. A mapping is unmapped once none of its tensors is left. (The KV cache is not made
+    here: in huge pages every page of the window would be memory from the first token.)"""
     token = _shared.set([])
     try:
         yield
