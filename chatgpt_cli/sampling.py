@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from chatgpt_cli.errors import UsageError
@@ -285,6 +286,10 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     block alone (a float64 running sum over a whole vocabulary costs ten times more per row).
     """
     rows, size = weights.shape
+    if size <= BLOCK:  # one block (top-k's survivors): the same sums in a quarter of the operations
+        target = u * weights.sum(-1).double()
+        idx = torch.searchsorted(weights.double().cumsum(-1), target[:, None], right=True)[:, 0].clamp(max=size - 1)
+        return _off_zero(weights, idx)
     full = size // BLOCK * BLOCK
     sums = weights[:, :full].unflatten(-1, (-1, BLOCK)).sum(-1)  # (rows, blocks): a view, no copy
     sums = torch.cat([sums, weights[:, full:].sum(-1, keepdim=True)], dim=-1).double()  # the short last block
@@ -296,12 +301,29 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     inner = weights.gather(-1, (first[:, None] + offsets).clamp(max=size - 1)).double()  # (rows, 256)
     inner = torch.where(offsets < size - first[:, None], inner, 0.0).cumsum(-1)  # past the row's end: nothing
     within = torch.searchsorted(inner, (target - start)[:, None], right=True)[:, 0].clamp(max=BLOCK - 1)
-    idx = (first + within).clamp(max=size - 1)
-    stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0  # rounding between the levels only
+    return _off_zero(weights, (first + within).clamp(max=size - 1))
+
+
+def _off_zero(weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """idx, but where rounding between the sums left it on a zero weight (past the last token
+    with any), that last token."""
+    stepped_off = weights.gather(-1, idx[:, None])[:, 0] == 0
     if stepped_off.any():
-        last = size - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)  # the last possible index
+        last = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)  # the last possible index
         idx = torch.where(stepped_off, last, idx)
     return idx
+
+
+def greedy(logits: torch.Tensor) -> list[int]:
+    """The most likely id of each row of (rows, vocab) logits (the first, on a tie).
+
+    Rows of finite logits go through numpy's argmax (a tenth of torch's time on GPT-2's 50257
+    float32 logits); the others through ``clean_logits`` (NaN never picked, +inf the top)."""
+    if logits.dtype in (torch.float32, torch.bfloat16, torch.float16):  # float32 holds them exactly
+        x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]
+        if bool(torch.isfinite(x.amax(-1)).all()):
+            return np.argmax(x.numpy(), axis=-1).tolist()
+    return clean_logits(logits).argmax(-1).tolist()
 
 
 def draw_rows(logits: torch.Tensor, options: SamplingOptions,
@@ -309,7 +331,7 @@ def draw_rows(logits: torch.Tensor, options: SamplingOptions,
     """One token id per row of (rows, vocab) logits already through ``adjust``, row i drawn with
     generators[i]: the distributions of all rows computed together, one uniform number per row."""
     if options.temperature == 0:
-        return clean_logits(logits).argmax(-1).tolist()
+        return greedy(logits)
     ids, weights = survivors(logits, options.temperature, options.top_k, options.top_p, options.min_p)
     u = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators])
     picked = inverse_cdf(weights, u)  # (rows,)

@@ -129,3 +129,35 @@ def test_the_two_level_search_equals_one_running_sum():
             got = inverse_cdf(weights, u)
             assert (weights.gather(-1, got[:, None]) > 0).all()
             assert torch.equal(got, want)  # (rounding could split them only with u on a boundary)
+
+
+def test_greedy_picks_what_the_cleaned_logits_argmax_picks():
+    """The fast path (numpy's argmax on finite float32 rows) and the general one agree on every
+    kind of row: ties (the first wins), NaN, +inf, all -inf, a padded vocabulary, 16-bit logits."""
+    from chatgpt_cli.sampling import N_VOCAB, clean_logits, greedy
+
+    torch.manual_seed(3)
+    rows = torch.randn(6, N_VOCAB + 7)
+    rows[0, 100] = rows[0, 200] = rows[0].max() + 1  # a tie
+    rows[1, 5] = float("nan")
+    rows[2, 9] = float("inf")
+    rows[3] = float("-inf")
+    rows[4, N_VOCAB + 3] = 1e9  # a padded id: never picked
+    rows[5] = torch.round(rows[5])  # many ties
+    for x in (rows, rows.to(torch.bfloat16), rows.double()):
+        assert greedy(x) == clean_logits(x).argmax(-1).tolist()
+    assert greedy(rows)[0] == 100 and greedy(rows)[4] != N_VOCAB + 3
+
+
+def test_inverse_cdf_of_one_block_equals_the_two_level_search():
+    """Top-k's few survivors take a one-block search: it picks what the blocks of 256 pick."""
+    torch.manual_seed(4)
+    for size in (1, 2, 40, 255, 256):
+        weights = torch.rand(8, size) * (torch.rand(8, size) < 0.5)
+        weights[:, 0] += 1e-3  # every row has some mass
+        padded = torch.cat([weights, torch.zeros(8, 300)], dim=-1)  # the same mass, two levels
+        for _ in range(25):
+            u = torch.rand(8, dtype=torch.float64)
+            got = inverse_cdf(weights, u)
+            assert torch.equal(got, inverse_cdf(padded, u)), size
+            assert (weights.gather(-1, got[:, None]) > 0).all()
