@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, ModelOpt
-from chatgpt_cli.cli_plumbing import guarded, load, write_out
+from chatgpt_cli.cli_plumbing import guarded, load, pages, write_out
 from chatgpt_cli.errors import UsageError
 
 
@@ -74,16 +74,6 @@ def bench(
             rows.append(("weights in 2 MB pages", pages(result.huge_pages)))
         print_table(f"{name} · {dt} · {dev} · {info['threads']} threads · median of {runs}",
                     [("measure", "left"), ("value", "right")], rows)
-
-
-def pages(share: float) -> str:
-    """The share of the weights in huge pages, and why where it is low."""
-    from chatgpt_cli.hugepages import setting
-
-    if share >= 0.5:
-        return f"{share:.0%}"
-    why = "transparent huge pages are off" if setting() == "never" else "Linux gave too few"
-    return f"{share:.0%} ({why}: decode is slower, see README)"
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from chatgpt_cli.cli_options import DeviceOpt, DtypeOpt, ModelOpt
-from chatgpt_cli.cli_plumbing import guarded, load, read_stdin, write_out
+from chatgpt_cli.cli_plumbing import guarded, load, pages, read_stdin, write_out
 
 
 def tokenize(
@@ -45,6 +45,11 @@ def info(model: ModelOpt = None, dtype: DtypeOpt = "auto", device: DeviceOpt = "
                 ("unembedding", "tied to wte" if loaded.model.tied else "own lm_head.weight"),
                 ("dtype", loaded.precision), ("kernels", loaded.scheme.kernels),
                 ("quality", loaded.scheme.quality), ("device", str(loaded.device))]
+        from chatgpt_cli.bench import weights_in_huge_pages
+
+        share = weights_in_huge_pages(loaded.model)
+        if share is not None:
+            rows.append(("weights in 2 MB pages", pages(share)))
         width = max(len(k) for k, _ in rows)
         write_out("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
 

@@ -143,3 +143,13 @@ def write_out(text: str) -> None:
     except (OSError, ValueError, AttributeError) as e:  # a full disk, a closed or odd stdout
         quiet_broken_pipe()
         raise OutputError(f"cannot write output: {getattr(e, 'strerror', None) or e}") from None
+
+
+def pages(share: float) -> str:
+    """The share of the weights in huge pages, and why where it is low."""
+    from chatgpt_cli.hugepages import setting
+
+    if share >= 0.5:
+        return f"{share:.0%}"
+    why = "transparent huge pages are off" if setting() == "never" else "Linux gave too few"
+    return f"{share:.0%} ({why}: decode is slower, see README)"

@@ -94,10 +94,14 @@ def test_bench_says_how_much_of_the_weights_is_in_huge_pages() -> None:
                                  "--prefill", "8", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["huge_pages"] >= 0.9  # the whole model is one shared mapping's pages
+    table = CliRunner().invoke(app, ["info"])  # the bundled model, as loaded
+    assert table.exit_code == 0, table.output
+    rows = dict((line[:30].strip(), line[30:].strip()) for line in table.stdout.splitlines())  # key, value
+    assert rows["weights in 2 MB pages"] == "100%"
 
 
 def test_the_share_in_huge_pages_and_why_it_is_low(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chatgpt_cli.cli_bench import pages
+    from chatgpt_cli.cli_plumbing import pages
 
     if hugepages.setting() != "always":  # then ordinary memory is in huge pages too
         plain = torch.ones(4 << 20)  # 16 MB of ordinary memory
