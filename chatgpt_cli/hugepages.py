@@ -78,7 +78,8 @@ class _Block:
 
     def __init__(self, start: int, size: int) -> None:
         self.memory, self.used = (ctypes.c_char * size).from_address(start), 0
-        weakref.finalize(self.memory, _libc().munmap, start, size)  # unmapped once no tensor holds it
+        unmap = weakref.finalize(self.memory, _libc().munmap, start, size)  # once no tensor holds it
+        unmap.atexit = False  # not at exit: a thread still decoding then must not find its weights gone
 
     def take(self, nbytes: int) -> torch.Tensor | None:
         """The next nbytes (64-byte aligned) as a uint8 tensor, or None if the mapping is full."""

@@ -112,3 +112,31 @@ def test_the_share_in_huge_pages_and_why_it_is_low(monkeypatch: pytest.MonkeyPat
     assert pages(0.0) == "0% (transparent huge pages are off: decode is slower, see README)"
     monkeypatch.setattr(hugepages, "setting", lambda: "madvise")
     assert pages(0.2) == "20% (Linux gave too few: decode is slower, see README)"
+
+
+@huge_pages_on
+def test_a_thread_still_reading_the_weights_at_exit_does_not_crash_the_process() -> None:
+    """At exit the mappings stay (the OS takes them back): a daemon thread still in a product (a
+    server's decode, a Ctrl-C'd stream) would otherwise read unmapped memory and die by SIGSEGV."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading, time, torch
+        from chatgpt_cli import hugepages
+        with hugepages.shared():
+            w = hugepages.empty((8 << 20,), torch.float32)
+        w.fill_(1.0)
+        a = w.numpy()
+        started = threading.Event()
+        def read():
+            while True:
+                started.set()
+                a.sum()  # numpy lets go of the GIL inside
+        threading.Thread(target=read, daemon=True).start()
+        started.wait()
+        time.sleep(0.05)
+    """)
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (done.returncode, done.stderr[-500:])
