@@ -106,13 +106,15 @@ def shared() -> Iterator[None]:
         _shared.reset(token)
 
 
-def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor in huge pages where Linux gives them: in a ``shared`` block, in
-    its mappings; elsewhere in one of its own where it spans a huge page; else ``torch.empty``."""
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An uninitialised tensor; on the CPU in huge pages where Linux gives them: in a ``shared``
+    block, in its mappings; elsewhere in one of its own where it spans a huge page; else (and on
+    any other device) ``torch.empty``."""
+    shape = tuple(shape)
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     blocks = _shared.get()
-    if blocks is None and nbytes < HUGE or nbytes == 0:
-        return torch.empty(shape, dtype=dtype)
+    if torch.device(device).type != "cpu" or nbytes == 0 or (blocks is None and nbytes < HUGE):
+        return torch.empty(shape, dtype=dtype, device=device)
     memory = blocks[-1].take(nbytes) if blocks else None
     if memory is None:
         where = _mapping(max(nbytes, SHARED) if blocks is not None else nbytes)
@@ -126,11 +128,8 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def resident(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A contiguous copy of t (in ``dtype``, else its own) from ``empty`` where t is on the CPU; else
-    t in that dtype."""
-    if t.device.type != "cpu":
-        return t.to(dtype or t.dtype).contiguous()
-    out = empty(tuple(t.shape), dtype or t.dtype)
+    """A contiguous copy of t in ``dtype`` (else its own), in ``empty``'s memory."""
+    out = empty(t.shape, dtype or t.dtype, t.device)
     out.copy_(t)
     return out
 

@@ -69,17 +69,9 @@ def bits(t: torch.Tensor):
     return t.numpy()
 
 
-def stream_memory(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An empty tensor for weights a decode step streams through: on the CPU in huge pages where
-    Linux gives them (hugepages.py: 0.80-0.88x the time of a product of one row)."""
-    if device.type == "cpu":
-        return hugepages.empty(tuple(shape), dtype)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, in) floats -> int8 codes (out, in) and one float32 scale per row (out,)."""
-    codes = stream_memory(weight.shape, torch.int8, weight.device)
+    codes = hugepages.empty(weight.shape, torch.int8, weight.device)  # streamed by decode: huge pages
     scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
         rows = weight[start:start + ROWS_PER_CHUNK].float()
@@ -95,7 +87,7 @@ def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     In each group of 32, byte j holds weight j in its low nibble and weight j + 16 in its high one.
     """
     out, n_in = weight.shape
-    packed = stream_memory((out, n_in // 2), torch.uint8, weight.device)
+    packed = hugepages.empty((out, n_in // 2), torch.uint8, weight.device)  # streamed by decode: huge pages
     scale = torch.empty(out, n_in // GROUP, dtype=torch.float32, device=weight.device)
     offset = torch.empty_like(scale)
     for start in range(0, out, ROWS_PER_CHUNK):
