@@ -2,9 +2,9 @@
 read from memory once for all the rows, the sums of several rows kept side by side.
 
 - ``matmul``, any stored form (kernels.widen): two weight rows by four input rows at a time;
-- ``matmul_tiles``, float32, and bfloat16 on a CPU with AVX-512 BF16: one weight row by eight
-  input rows in vector multiply-adds or its dot-product instruction (intrinsics._tile_f32,
-  _tile_bf16), the weights prefetched ahead;
+- ``matmul_tiles``, float32, and bfloat16 on a CPU with AVX-512 BF16: four weight rows by four
+  input rows at a time in vector multiply-adds or its dot-product instruction
+  (intrinsics._tile_f32, _tile_bf16), the weights prefetched ahead;
 - ``matmul_int8``: the same in 16-bit integers (intrinsics._tile_int8), each input row quantized
   on its own (kernels.quantize16), exact 32-bit sums;
 - ``matmul_int4``: each 4-bit weight row decoded once for four input rows (intrinsics_int4._tile_int4).
@@ -17,17 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import extending, njit, prange, types
 
-from chatgpt_cli.intrinsics import (
-    BF16_DOT,
-    LONG_ROWS,
-    TILE,
-    _pair_bf16,
-    _pair_f32,
-    _pair_int8,
-    _tile_bf16,
-    _tile_f32,
-    _tile_int8,
-)
+from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_f32, _tile_int8
 from chatgpt_cli.intrinsics_int4 import INT4_TILE, _tile_int4
 from chatgpt_cli.kernels import apply_gelu, bf16, jit, pair_order, product, quantize16, rounded, widen
 
@@ -48,14 +38,6 @@ def put4(out, m, n, sums, scale, bias):
     for i in range(4):
         if m + i < out.shape[0]:
             out[m + i, n] = sums[i] * scale + bias
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def put_pair(out, m, n0, n1, sums, scale, bias):
-    """out[m + i, n0] and out[m + i, n1] from the 8 sums of a pair tile, for the rows that exist."""
-    for i in range(min(4, out.shape[0] - m)):
-        out[m + i, n0] = sums[i] * scale[n0] + bias[n0]
-        out[m + i, n1] = sums[4 + i] * scale[n1] + bias[n1]
 
 
 @jit
@@ -105,49 +87,42 @@ def _tile_input(x, w):
 
 
 def tile(w, n, xt, m):
-    """The ``TILE`` dot products of w[n] with xt[m], xt[m + 1], ... in w's form's tile."""
+    """w[n .. n + 3] each with xt[m .. m + 3] in w's form's tile (16 sums, w[n]'s first)."""
 
 
 @extending.overload(tile, inline="always")
 def _tile(w, n, xt, m):
     if w.dtype == types.uint16:
         return lambda w, n, xt, m: _tile_bf16(w, n, xt, m)
+    if w.dtype == types.int8:
+        return lambda w, n, xt, m: _tile_int8(w, n, xt, m)
     return lambda w, n, xt, m: _tile_f32(w, n, xt, m)
 
 
-def pair(w, n0, n1, xt, m):
-    """w[n0] and w[n1] each with xt[m .. m + 3] (8 sums) in w's form's pair tile."""
-
-
-@extending.overload(pair, inline="always")
-def _pair(w, n0, n1, xt, m):
-    if w.dtype == types.uint16:
-        return lambda w, n0, n1, xt, m: _pair_bf16(w, n0, n1, xt, m)
-    return lambda w, n0, n1, xt, m: _pair_f32(w, n0, n1, xt, m)
+@njit(inline="always", cache=True, error_model="numpy")
+def tiled(w, xt, n_rows, x_scale, scale, bias, out):
+    """out[m, n] = (xt[m] . w[n]) * (x_scale[m] * scale[n]) + bias[n] for the first n_rows rows of
+    xt (padded with zero rows to a multiple of ``TILE``), a tile of four weight rows by four
+    input rows at a time."""
+    for p in prange((w.shape[0] + TILE - 1) // TILE):
+        n = p * TILE
+        for m in range(0, n_rows, TILE):
+            sums = tile(w, n, xt, m)
+            for a in range(min(TILE, w.shape[0] - n)):
+                for i in range(min(TILE, n_rows - m)):
+                    out[m + i, n + a] = np.float32(sums[a * TILE + i]) * (x_scale[m + i] * scale[n + a]) + bias[n + a]
 
 
 @jit
 def matmul_tiles(x, w, scale, bias, out, gelu):
     """``matmul`` for float32 weights, and bfloat16 ones on a CPU with AVX-512 BF16: x in the form's
-    input (``tile_input``), then each weight row read once for ``TILE`` input rows (``tile``: 32
-    products a step into 16 sums per row, vector multiply-adds or ``vdpbf16ps``); rows longer than
-    ``LONG_ROWS`` values of bfloat16 input (half as many of float32) two weight rows by four input
-    rows (``pair``), so that the inputs stay in the L1 cache."""
+    input (``tile_input``), then each weight row read once for all the input rows (``tiled``: 32
+    products a step into 16 sums for each weight row and input row, vector multiply-adds or
+    ``vdpbf16ps``)."""
     if w.shape[1] % 32:
         matmul(x, w, scale, bias, out, gelu)
         return
-    xt = tile_input(x, w)
-    if w.shape[1] * xt.itemsize > 2 * LONG_ROWS:
-        for p in prange((w.shape[0] + 1) // 2):
-            n0, n1 = 2 * p, min(2 * p + 1, w.shape[0] - 1)  # an odd last row pairs with itself
-            for m in range(0, x.shape[0], 4):
-                put_pair(out, m, n0, n1, pair(w, n0, n1, xt, m), scale, bias)
-    else:
-        for n in prange(w.shape[0]):
-            for m in range(0, xt.shape[0], TILE):
-                sums = tile(w, n, xt, m)
-                for i in range(min(TILE, x.shape[0] - m)):
-                    out[m + i, n] = sums[i] * scale[n] + bias[n]
+    tiled(w, tile_input(x, w), x.shape[0], np.ones(x.shape[0], np.float32), scale, bias, out)
     if gelu:
         apply_gelu(out)
 
@@ -155,8 +130,8 @@ def matmul_tiles(x, w, scale, bias, out, gelu):
 @jit
 def matmul_int8(x, q, scale, bias, out, gelu):
     """``matmul`` for int8 weights, in integers: each row of x quantized to int16 (``quantize16``),
-    then each weight row read once for ``TILE`` input rows, exact 32-bit sums (``_tile_int8``)."""
-    (n_out, n_in), n_rows = q.shape, x.shape[0]
+    then each weight row read once for all the input rows, exact 32-bit sums (``tiled``)."""
+    n_in, n_rows = q.shape[1], x.shape[0]
     if n_in % 32:
         matmul(x, q, scale, bias, out, gelu)
         return
@@ -164,20 +139,7 @@ def matmul_int8(x, q, scale, bias, out, gelu):
     xs = np.zeros(xq.shape[0], np.float32)
     for m in range(n_rows):
         xq[m], xs[m] = quantize16(x[m], n_in)
-    if n_in > LONG_ROWS:
-        for p in prange((n_out + 1) // 2):
-            n0, n1 = 2 * p, min(2 * p + 1, n_out - 1)
-            for m in range(0, n_rows, 4):
-                sums = _pair_int8(q, n0, n1, xq, m)
-                for i in range(min(4, n_rows - m)):
-                    out[m + i, n0] = np.float32(sums[i]) * (xs[m + i] * scale[n0]) + bias[n0]
-                    out[m + i, n1] = np.float32(sums[4 + i]) * (xs[m + i] * scale[n1]) + bias[n1]
-    else:
-        for n in prange(n_out):
-            for m in range(0, xq.shape[0], TILE):
-                sums = _tile_int8(q, n, xq, m)
-                for i in range(min(TILE, n_rows - m)):
-                    out[m + i, n] = np.float32(sums[i]) * (xs[m + i] * scale[n]) + bias[n]
+    tiled(q, xq, n_rows, xs, scale, bias, out)
     if gelu:
         apply_gelu(out)
 
