@@ -100,17 +100,28 @@ def _tile(w, n, xt, m):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
+def put(out, sums, n, m, n_w, n_x, x_scale, scale, bias):
+    """out[m + i, n + a] = sums[a * TILE + i] * (x_scale[m + i] * scale[n + a]) + bias[n + a] for
+    the first n_w weight rows and n_x input rows of a tile."""
+    for a in range(n_w):
+        for i in range(n_x):
+            out[m + i, n + a] = np.float32(sums[a * TILE + i]) * (x_scale[m + i] * scale[n + a]) + bias[n + a]
+
+
+@njit(inline="always", cache=True, error_model="numpy")
 def tiled(w, xt, n_rows, x_scale, scale, bias, out):
     """out[m, n] = (xt[m] . w[n]) * (x_scale[m] * scale[n]) + bias[n] for the first n_rows rows of
     xt (padded with zero rows to a multiple of ``TILE``), a tile of four weight rows by four
-    input rows at a time."""
+    input rows at a time. A whole tile's sums are put with constant bounds (the loops unrolled:
+    124M's 768-wide products for 8 rows 1.15-1.2x faster than with the bounds of a tile at the edge)."""
     for p in prange((w.shape[0] + TILE - 1) // TILE):
         n = p * TILE
         for m in range(0, n_rows, TILE):
             sums = tile(w, n, xt, m)
-            for a in range(min(TILE, w.shape[0] - n)):
-                for i in range(min(TILE, n_rows - m)):
-                    out[m + i, n + a] = np.float32(sums[a * TILE + i]) * (x_scale[m + i] * scale[n + a]) + bias[n + a]
+            if n + TILE <= w.shape[0] and m + TILE <= n_rows:
+                put(out, sums, n, m, TILE, TILE, x_scale, scale, bias)
+            else:  # the last rows of either
+                put(out, sums, n, m, min(TILE, w.shape[0] - n), min(TILE, n_rows - m), x_scale, scale, bias)
 
 
 @jit
@@ -144,6 +155,21 @@ def matmul_int8(x, q, scale, bias, out, gelu):
         apply_gelu(out)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def offsets_times_sums(scales, offsets, x_sums, n, m):
+    """sum over groups g of (m[n, g] - 128 s[n, g]) * x_sums[m + i, g] for the ``INT4_TILE`` (4) input
+    rows i of a tile, each group's factor computed once for the four (once per row, 124M's int4
+    products of 8 rows took 1.1x the time)."""
+    r0 = r1 = r2 = r3 = np.float32(0.0)
+    for g in range(scales.shape[1]):
+        c = bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])
+        r0 += c * x_sums[m, g]
+        r1 += c * x_sums[m + 1, g]
+        r2 += c * x_sums[m + 2, g]
+        r3 += c * x_sums[m + 3, g]
+    return r0, r1, r2, r3
+
+
 @jit
 def matmul_int4(x, codes, groups, bias, out, gelu):
     """``kernels.matvec_int4`` for a few rows of x, each 4-bit weight row decoded once for
@@ -164,12 +190,13 @@ def matmul_int4(x, codes, groups, bias, out, gelu):
         xp[m] = pair_order(xb)
     for n in prange(codes.shape[0]):
         for m in range(0, n_rows, INT4_TILE):
-            sums = _tile_int4(codes, n, xp, m, scales)
-            for i in range(min(INT4_TILE, n_rows - m)):
-                rest = np.float32(0.0)
-                for g in range(n_groups):
-                    rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[m + i, g]
-                out[m + i, n] = sums[i] + rest + bias[n]
+            sums, rests = _tile_int4(codes, n, xp, m, scales), offsets_times_sums(scales, offsets, x_sums, n, m)
+            if m + INT4_TILE <= n_rows:  # constant bounds: the loop unrolled
+                for i in range(INT4_TILE):
+                    out[m + i, n] = sums[i] + rests[i] + bias[n]
+            else:
+                for i in range(n_rows - m):
+                    out[m + i, n] = sums[i] + rests[i] + bias[n]
     if gelu:
         apply_gelu(out)
 
