@@ -81,7 +81,7 @@ def test_int4_groups_round_to_half_a_step_and_pack_two_a_byte(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear, Int4Linear])
-@pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32), (9, 1600)])  # 1600: past LONG_ROWS
+@pytest.mark.parametrize("shape", [(24, 64), (200, 96), (7, 32), (9, 1600)])  # 1600: a long row
 @pytest.mark.parametrize("gelu", [False, True])
 @pytest.mark.parametrize("onednn", [False, True])
 def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatch):
