@@ -19,7 +19,18 @@ from numba import extending, njit, prange, types
 
 from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_f32, _tile_int8
 from chatgpt_cli.intrinsics_int4 import INT4_TILE, _tile_int4
-from chatgpt_cli.kernels import apply_gelu, bf16, jit, pair_order, product, quantize16, rounded, widen
+from chatgpt_cli.kernels import (
+    apply_gelu,
+    bf16,
+    group_sums,
+    jit,
+    pair_order,
+    product,
+    quantize16,
+    rounded,
+    serial,
+    widen,
+)
 
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
 # input value loaded once for all of them (x is padded with zero rows to a multiple of four).
@@ -124,6 +135,37 @@ def tiled(w, xt, n_rows, x_scale, scale, bias, out):
                 put(out, sums, n, m, min(TILE, w.shape[0] - n), min(TILE, n_rows - m), x_scale, scale, bias)
 
 
+@serial
+def tile_rows(x, w):
+    """x as the tiles read it (``tile_input``) and each row's scale (1: the rows are not quantized)."""
+    return tile_input(x, w), np.ones(x.shape[0], np.float32)
+
+
+@serial
+def quantized_rows(x, n_in):
+    """Each row of x (M, K) quantized to int16 on its own (``quantize16``): the codes, with zero rows
+    added up to a multiple of ``TILE``, and each row's scale."""
+    xq = np.zeros(((x.shape[0] + TILE - 1) // TILE * TILE, n_in), np.int16)
+    xs = np.zeros(xq.shape[0], np.float32)
+    for m in range(x.shape[0]):
+        xq[m], xs[m] = quantize16(x[m], n_in)
+    return xq, xs
+
+
+@serial
+def int4_rows(x, n_groups):
+    """Each row of x (M, K) rounded to bfloat16 in pair order (``pair_order``) and its sums group by
+    group (``group_sums``), with zero rows added up to a multiple of ``INT4_TILE``."""
+    padded = (x.shape[0] + INT4_TILE - 1) // INT4_TILE * INT4_TILE
+    xp = np.zeros((padded, x.shape[1]), np.uint16)
+    x_sums = np.zeros((padded, n_groups), np.float32)
+    for m in range(x.shape[0]):
+        xb = rounded(x[m])
+        x_sums[m] = group_sums(xb, n_groups)
+        xp[m] = pair_order(xb)
+    return xp, x_sums
+
+
 @jit
 def matmul_tiles(x, w, scale, bias, out, gelu):
     """``matmul`` for float32 weights, and bfloat16 ones on a CPU with AVX-512 BF16: x in the form's
@@ -133,7 +175,8 @@ def matmul_tiles(x, w, scale, bias, out, gelu):
     if w.shape[1] % 32:
         matmul(x, w, scale, bias, out, gelu)
         return
-    tiled(w, tile_input(x, w), x.shape[0], np.ones(x.shape[0], np.float32), scale, bias, out)
+    xt, ones = tile_rows(x, w)
+    tiled(w, xt, x.shape[0], ones, scale, bias, out)
     if gelu:
         apply_gelu(out)
 
@@ -146,10 +189,7 @@ def matmul_int8(x, q, scale, bias, out, gelu):
     if n_in % 32:
         matmul(x, q, scale, bias, out, gelu)
         return
-    xq = np.zeros(((n_rows + TILE - 1) // TILE * TILE, n_in), np.int16)  # zero padding rows
-    xs = np.zeros(xq.shape[0], np.float32)
-    for m in range(n_rows):
-        xq[m], xs[m] = quantize16(x[m], n_in)
+    xq, xs = quantized_rows(x, n_in)
     tiled(q, xq, n_rows, xs, scale, bias, out)
     if gelu:
         apply_gelu(out)
@@ -180,14 +220,7 @@ def matmul_int4(x, codes, groups, bias, out, gelu):
         for m in range(n_rows):
             product(x[m], codes, groups, bias, out[m], gelu)
         return
-    padded = (n_rows + INT4_TILE - 1) // INT4_TILE * INT4_TILE
-    xp = np.zeros((padded, x.shape[1]), np.uint16)  # zero padding rows
-    x_sums = np.zeros((padded, n_groups), np.float32)  # of the rounded inputs, group by group
-    for m in range(n_rows):
-        xb = rounded(x[m])
-        for k in range(x.shape[1]):
-            x_sums[m, k // 32] += bf16(xb[k])
-        xp[m] = pair_order(xb)
+    xp, x_sums = int4_rows(x, n_groups)
     for n in prange(codes.shape[0]):
         for m in range(0, n_rows, INT4_TILE):
             sums, rests = _tile_int4(codes, n, xp, m, scales), offsets_times_sums(scales, offsets, x_sums, n, m)
