@@ -164,6 +164,30 @@ def test_int4_few_rows_kernel_equals_its_one_row_kernel(shape, gelu):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear])
+@pytest.mark.parametrize("shape", [(24, 64), (7, 32), (9, 1600)])  # 7, 9: tiles cut at the last weight rows
+@pytest.mark.parametrize("gelu", [False, True])
+def test_few_rows_tiles_equal_the_one_row_kernel(kind, shape, gelu, monkeypatch):
+    """A tile's 16 sums are each one row's dot product in the one-row kernel's order, added across
+    lanes in the same order: float32 and bfloat16 products of -N's rows are bit for bit one
+    sample's. int8's scaling and the GELU pass (its vector loop and its scalar rest split the
+    values differently) may round the last bit otherwise."""
+    from chatgpt_cli import kernels_rows
+
+    monkeypatch.setattr("chatgpt_cli.layers.native_bf16", lambda device: False)
+    torch.manual_seed(1)
+    layer = kind(torch.randn(shape) * 0.1, torch.randn(shape[0]), gelu)
+    for rows in (2, 3, 4, 5, 8):
+        x = torch.randn(rows, shape[1])
+        got = torch.empty(rows, shape[0])
+        kernels_rows.few_rows(x.numpy(), *layer.product_arrays(), got.numpy(), gelu)
+        want = torch.stack([layer(x[m:m + 1])[0] for m in range(rows)])  # the one-row kernel, row by row
+        if kind is Int8Linear or gelu:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(got, want), (rows, (got - want).abs().max())
+
+
 def test_the_kernels_gelu_equals_torchs():
     from chatgpt_cli.kernels import apply_gelu
 
