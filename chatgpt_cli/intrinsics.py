@@ -1,7 +1,7 @@
 """Dot products written in LLVM IR, as numba intrinsics (kernels.py and kernels_rows.py call them).
 
 LLVM's vectorizer never emits ``vdpbf16ps`` (32 bfloat16 products added into 16 float32 sums in
-one instruction), nor keeps eight input rows' sums side by side for one weight row read, nor
+one instruction), nor keeps a tile of four weight rows by four input rows' sums side by side, nor
 prefetches, so these write the LLVM IR of the dot products themselves: a loop over the row 32
 values at a time, 16 sums kept side by side, added up at the end (``_dots``; float32, bfloat16
 and 16-bit integer steps; int4's are intrinsics_int4.py's), one row or a tile of rows at a time,
