@@ -62,15 +62,11 @@ def _sum_lanes(builder, v):
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
-def sums_of_lanes(builder, vectors):
-    """The sum of the 16 lanes of each of a power of two vectors, all at once: two vectors' halves
-    added into one vector holding both (their lane groups side by side), and so on, then the last
-    vector's groups each added up: a 4x4 tile's 16 sums in 31 shuffle-and-add pairs where one
-    vector at a time took 64 (a tile of 124M's head 1.04x faster, the 320-wide bundled model's
-    1.1x). Each sum is added in ``_sum_lanes``'s order (lanes i and i + 8, then i + 4, ...): the
-    same result, bit for bit."""
-    if len(vectors) == 1:
-        return [_sum_lanes(builder, vectors[0])]
+def sum_across(builder, vectors):
+    """A power of two vectors of 16 lanes (at most 16) -> one vector whose lane j is the sum of the
+    lanes of vectors[j]: two vectors' halves added into one vector holding both (their lane groups
+    side by side), and so on, then the last vector's groups each added up. Each sum is added in
+    ``_sum_lanes``'s order (lanes i and i + 8, then i + 4, ...): the same result, bit for bit."""
     add = builder.fadd if isinstance(vectors[0].type.element, ir.FloatType) else builder.add
     i32, width, level = ir.IntType(32), 16, list(vectors)  # width: lanes per vector's group
     while len(level) > 1:  # pairs of vectors (A, B) -> A's groups then B's, each half as wide
@@ -87,7 +83,15 @@ def sums_of_lanes(builder, vectors):
         lanes = ir.VectorType(i32, len(low))
         v = add(builder.shuffle_vector(v, v, ir.Constant(lanes, low)),
                 builder.shuffle_vector(v, v, ir.Constant(lanes, [i + width for i in low])))
-    return [builder.extract_element(v, ir.Constant(i32, i)) for i in range(len(vectors))]
+    return v
+
+
+def sums_of_lanes(builder, vectors):
+    """``sum_across``'s sums one by one: a 4x4 tile's 16 sums in 31 shuffle-and-add pairs where one
+    vector at a time took 64 (a tile of 124M's head 1.04x faster, the 320-wide bundled model's
+    1.1x)."""
+    v = sum_across(builder, vectors)
+    return [builder.extract_element(v, ir.Constant(ir.IntType(32), i)) for i in range(len(vectors))]
 
 
 def prefetch_l2(builder, address) -> None:

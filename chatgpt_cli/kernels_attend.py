@@ -11,7 +11,7 @@ an array in memory: LLVM's code then spends ~20 cycles a key, far from what the 
 cost. For heads of 64 values (every GPT-2 size) the two passes are written in LLVM IR instead:
 
 - ``_key_scores``: 16 keys at a time, each key's 64 products in 4 vectors, the 16 keys' sums
-  then added across lanes together (``_sum_across``: 15 shuffle-and-add steps for 16 keys);
+  then added across lanes together (``intrinsics.sum_across``: 15 shuffle-and-add steps for 16 keys);
 - ``_weighted_values``: the 64 output values held in 4 vectors (two sets, for even and odd keys,
   so that the additions do not wait on each other), each value row loaded once.
 
@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import extending, njit, prange, types
 from numba.core import cgutils
 
-from chatgpt_cli.intrinsics import _declare, _sum_lanes, prefetch_l2
+from chatgpt_cli.intrinsics import _declare, _sum_lanes, prefetch_l2, sum_across
 from chatgpt_cli.kernels import exp_approx, jit, stored, widen
 
 HEAD = 64  # the head size the LLVM IR passes are written for (GPT-2's, at every size)
@@ -96,25 +96,6 @@ def _dot_key(builder, fma, q, at, form):
     return acc
 
 
-def _sum_across(builder, vectors):
-    """16 vectors of 16 lanes -> one vector whose lane j is the sum of the lanes of vectors[j].
-
-    Each step adds pairs of vectors that hold k items of w lanes each into one vector of 2k items
-    of w / 2 lanes: the low halves of each item's lanes plus the high halves (16, 8, 4, 2, 1 lanes)."""
-    width = LANES
-    while len(vectors) > 1:
-        half, items = width // 2, LANES // width
-        low = [j * width + i for j in range(items) for i in range(half)]
-        high = [j * width + half + i for j in range(items) for i in range(half)]
-        shuffle = ir.VectorType(ir.IntType(32), LANES)
-        pairs = zip(vectors[::2], vectors[1::2], strict=True)
-        vectors = [builder.fadd(builder.shuffle_vector(a, b, ir.Constant(shuffle, low + [LANES + i for i in low])),
-                                builder.shuffle_vector(a, b, ir.Constant(shuffle, high + [LANES + i for i in high])))
-                   for a, b in pairs]
-        width = half
-    return vectors[0]
-
-
 @extending.intrinsic
 def _key_scores(typingctx, cache, b, h, n, q, scores):
     """scores[t] = q[b, h] . cache[b, h, t] for t < n: cache (B, nh, max_len, 64) float32, bfloat16
@@ -133,7 +114,7 @@ def _key_scores(typingctx, cache, b, h, n, q, scores):
                 _prefetch(builder, at, builder.add(first, ir.Constant(INDEX, j)), form)
             dots = [_dot_key(builder, fma, q, at(builder.add(first, ir.Constant(INDEX, j))), form)
                     for j in range(LANES)]
-            builder.store(_sum_across(builder, dots), builder.bitcast(builder.gep(out, [first]), VEC.as_pointer()),
+            builder.store(sum_across(builder, dots), builder.bitcast(builder.gep(out, [first]), VEC.as_pointer()),
                           align=4)
         done = builder.mul(blocks, ir.Constant(INDEX, LANES))
         with cgutils.for_range(builder, builder.sub(args[3], done)) as loop:

@@ -236,12 +236,9 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _plain(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The logits as float32 on the CPU without padded ids (never drawn), each row's largest, and
-    whether every row's largest is finite (no NaN, no +inf: the usual case, no clean-up needed)."""
-    x = logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]
-    top = x.amax(-1, keepdim=True)
-    return x, top, bool(torch.isfinite(top).all())
+def _plain(logits: torch.Tensor) -> torch.Tensor:
+    """The logits as float32 on the CPU, without padded ids (never drawn)."""
+    return logits.detach().to("cpu", torch.float32)[..., :N_VOCAB]
 
 
 def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
@@ -253,7 +250,9 @@ def survivors(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: f
     With top-k, the k survivors (ids (rows, k), most likely first, and their weights); otherwise
     the whole vocabulary in id order (ids None). Temperature > 0 here.
     """
-    x, top, finite = _plain(logits)
+    x = _plain(logits)
+    top = x.amax(-1, keepdim=True)
+    finite = bool(torch.isfinite(top).all())  # no NaN, no +inf: the usual case, no clean-up needed
     if 0 < top_k < x.shape[-1]:
         if finite:  # pick the k before cleaning: only k values go to float64
             kept, ids = torch.topk(x, top_k, dim=-1)
@@ -326,9 +325,10 @@ def greedy(logits: torch.Tensor) -> list[int]:
     Rows of finite logits go through numpy's argmax (a tenth of torch's time on GPT-2's 50257
     float32 logits); the others through ``clean_logits`` (NaN never picked, +inf the top)."""
     if logits.dtype in (torch.float32, torch.bfloat16, torch.float16):  # float32 holds them exactly
-        x, _, finite = _plain(logits)
-        if finite:
-            return np.argmax(x.numpy(), axis=-1).tolist()
+        x = _plain(logits).numpy()
+        picked = np.argmax(x, axis=-1)  # a NaN or +inf would be picked: then each row's top is not finite
+        if np.isfinite(np.take_along_axis(x, picked[..., None], axis=-1)).all():
+            return picked.tolist()
     return clean_logits(logits).argmax(-1).tolist()
 
 
