@@ -188,17 +188,30 @@ def matvec_f32(x, w, scale, bias, out, gelu):
         apply_gelu(out)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def largest_magnitude(x):
+    """max |x| of a float32 vector (NaN if one is), as integers: a float's bits with the sign cleared
+    order as the magnitudes do, and an integer maximum vectorizes (LLVM leaves a float maximum a
+    scalar loop: 0.5 against 0.05 us for 800 values)."""
+    bits = x.view(np.int32)
+    top = np.int32(0)
+    for k in range(bits.shape[0]):
+        top = max(top, bits[k] & np.int32(0x7FFFFFFF))
+    return _as_float32(np.uint32(top))
+
+
 @serial
 def quantize16(x, n_in):
     """x (K,) float32 -> int16 codes and their scale, x ~ codes * scale. The codes stay small enough
     (|code| <= (2^31 - 1) / (127 n_in)) that a sum of n_in code times int8 products fits 32 bits:
     15 bits of the vector's largest value for n_in = 768, 12 for 3072 (int8 weights have 8)."""
     limit = min(32767, (2**31 - 1) // (127 * n_in))
-    top = np.float32(np.abs(x).max())
+    top = largest_magnitude(x)
     scale = top / np.float32(limit) if top > 0 else np.float32(1.0)
+    inverse = np.float32(1.0) / scale
     codes = np.empty(x.shape[0], np.int16)
     for k in range(x.shape[0]):
-        codes[k] = np.int16(round(x[k] / scale))
+        codes[k] = np.int16(np.rint(x[k] * inverse))
     return codes, scale
 
 

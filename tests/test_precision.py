@@ -136,6 +136,24 @@ def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
             assert torch.equal(getattr(fused, name)[:, :, :pos + 1], getattr(plain, name)[:, :, :pos + 1]), name
 
 
+@pytest.mark.parametrize("n_in", [64, 768, 801, 3072])
+def test_int16_activations_are_rounded_with_the_largest_magnitude_as_scale(n_in):
+    """kernels.quantize16 (int8 products' inputs): the scale is max |x| over the code limit, found in
+    integers (the largest value negative, tiny or infinite alike), each code x / scale rounded to
+    the nearest integer."""
+    kernels = load_kernels()
+    limit = min(32767, (2**31 - 1) // (127 * n_in))
+    x = np.random.default_rng(n_in).standard_normal(n_in).astype(np.float32)
+    x[n_in // 3] = -4 * np.abs(x).max()  # the largest magnitude is a negative value
+    x[:2] = [0.0, 1e-30]
+    for scaled in (x, x * np.float32(1e-20)):
+        codes, scale = kernels.quantize16(scaled, n_in)
+        assert scale == np.float32(np.abs(scaled).max()) / np.float32(limit)
+        assert np.array_equal(codes, np.rint(scaled / scale).astype(np.int16))
+    assert kernels.quantize16(np.zeros(n_in, np.float32), n_in)[1] == 1.0  # zeros keep a harmless scale
+    assert kernels.quantize16(np.full(n_in, -np.inf, np.float32), n_in)[1] == np.inf
+
+
 def test_int8_cache_codes_are_rounded_vectors_with_one_scale_each():
     from chatgpt_cli.layers import quantize_vectors
 
