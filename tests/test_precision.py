@@ -139,8 +139,8 @@ def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
 @pytest.mark.parametrize("n_in", [64, 768, 801, 3072])
 def test_int16_activations_are_rounded_with_the_largest_magnitude_as_scale(n_in):
     """kernels.quantize16 (int8 products' inputs): the scale is max |x| over the code limit, found in
-    integers (the largest value negative, tiny or infinite alike), each code x / scale rounded to
-    the nearest integer."""
+    integers (the largest value negative, tiny or infinite alike), each code x * (1 / scale)
+    rounded to the nearest integer."""
     kernels = load_kernels()
     limit = min(32767, (2**31 - 1) // (127 * n_in))
     x = np.random.default_rng(n_in).standard_normal(n_in).astype(np.float32)
@@ -149,7 +149,7 @@ def test_int16_activations_are_rounded_with_the_largest_magnitude_as_scale(n_in)
     for scaled in (x, x * np.float32(1e-20)):
         codes, scale = kernels.quantize16(scaled, n_in)
         assert scale == np.float32(np.abs(scaled).max()) / np.float32(limit)
-        assert np.array_equal(codes, np.rint(scaled / scale).astype(np.int16))
+        assert np.array_equal(codes, np.rint(scaled * (np.float32(1) / scale)).astype(np.int16))
     assert kernels.quantize16(np.zeros(n_in, np.float32), n_in)[1] == 1.0  # zeros keep a harmless scale
     assert kernels.quantize16(np.full(n_in, -np.inf, np.float32), n_in)[1] == np.inf
 
