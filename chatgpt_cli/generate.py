@@ -242,10 +242,11 @@ class Engine:
     def _widen(self, n: int, length: int) -> None:
         """Caches of n rows, each starting as a copy of this engine's first ``length`` positions."""
         c, w = self.model.config, self.model.transformer.wte.weight
-        for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
-            wide = self.model.cache_class(n, c.n_head, self.window, c.head_dim, cache.k_cache.dtype, w.device)
-            wide.copy_prefix(cache, length)
-            block.attn.kv_cache = wide
+        with self.model.cache_class.allocating():
+            for block, cache in zip(self.model.transformer.h, self.caches, strict=True):
+                wide = self.model.cache_class(n, c.n_head, self.window, c.head_dim, cache.k_cache.dtype, w.device)
+                wide.copy_prefix(cache, length)
+                block.attn.kv_cache = wide
 
     def _narrow(self, keep: list[int]) -> None:
         """Drop the rows that have ended from the batch caches."""

@@ -11,6 +11,7 @@ copy. This module does no I/O and prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -82,9 +83,19 @@ class KVCache(nn.Module):
         # Uninitialised unless static: only positions already written are read, and memory pages that
         # are never written are never made resident (a short chat does not pay for the whole window).
         # A static cache is read whole, so it starts at zero (masked garbage could be NaN).
-        make = torch.zeros if static else torch.empty
+        make = torch.zeros if static else self.empty
         self.register_buffer("k_cache", make(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", make(shape, dtype=dtype, device=device), persistent=False)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+        """An uninitialised buffer (a subclass may place it elsewhere)."""
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    @staticmethod
+    def allocating() -> contextlib.AbstractContextManager:
+        """The context a model's caches are made in, all layers together (``GPT.setup_cache``)."""
+        return contextlib.nullcontext()
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at input_pos (T,); return the keys and values of positions 0..end
@@ -222,9 +233,10 @@ class GPT(nn.Module):
     def setup_cache(self, max_len: int | None = None, batch: int = 1, static: bool = False) -> None:
         """Give every layer a preallocated KV cache (None removes them); see KVCache for static."""
         c, w = self.config, self.transformer.wte.weight
-        for block in self.transformer.h:
-            block.attn.kv_cache = None if max_len is None else self.cache_class(
-                batch, c.n_head, max_len, c.head_dim, self.cache_dtype or w.dtype, w.device, static)
+        with self.cache_class.allocating():
+            for block in self.transformer.h:
+                block.attn.kv_cache = None if max_len is None else self.cache_class(
+                    batch, c.n_head, max_len, c.head_dim, self.cache_dtype or w.dtype, w.device, static)
 
     def linear_layers(self) -> list[tuple[nn.Module, str]]:
         """(parent, attribute) of every matrix product in the blocks, for swapping in faster kernels."""

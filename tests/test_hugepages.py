@@ -51,6 +51,37 @@ def test_a_converted_models_weights_are_in_mappings_that_take_huge_pages() -> No
 
 
 @huge_pages_on
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])  # the int8 codes' cache has scales, bfloat16's not
+def test_the_decode_kernels_kv_cache_is_in_mappings_that_take_huge_pages(dtype) -> None:
+    """Every layer's keys, values (and int8 scales) of the CPU kernels' cache, for one sample and
+    for -N's widened rows, carved from shared mappings that asked for huge pages."""
+    from chatgpt_cli.generate import Engine
+    from chatgpt_cli.layers import FusedKVCache
+    from chatgpt_cli.sampling import SamplingOptions
+
+    model = random_model("gpt2", dtype)
+    engine = Engine(model)
+    seen = []
+
+    def check() -> None:
+        caches = [block.attn.kv_cache for block in model.transformer.h]
+        assert all(isinstance(c, FusedKVCache) for c in caches)
+        buffers = [b for c in caches for b in (c.k_cache, c.v_cache, c.k_scale, c.v_scale) if b.numel()]
+        for b in buffers:
+            entry = mapping_of(b)
+            assert entry is not None and "hg" in entry["VmFlags"].split(), entry  # MADV_HUGEPAGE
+        assert len({mapping_of(b)["range"] for b in buffers}) == 1  # 2 MB pages shared by the layers
+        seen.append(caches[0].k_cache.shape[0])
+
+    check()
+    for _ in engine.generate_batch([464, 318], 2, SamplingOptions(temperature=0), 3, on_step=lambda *a: check()):
+        pass
+    assert seen[0] == 1 and 3 in seen  # one row, then -N's three
+    assert list(engine.generate([464, 318], 3, SamplingOptions(temperature=0))) == \
+        [row[0] for row in engine.generate_batch([464, 318], 3, SamplingOptions(temperature=0), 1)]
+
+
+@huge_pages_on
 def test_huge_page_tensors_hold_their_values_and_are_unmapped_when_freed() -> None:
     with hugepages.shared():
         a, b = hugepages.empty((1000, 768), torch.int8), hugepages.empty((7,), torch.float32)
