@@ -302,18 +302,22 @@ class FusedKVCache(KVCache):
     head (``k_scale``, ``v_scale``: max |value| / 127): a quarter of float32's bytes, which is what
     the attention of a long context costs. Prompts quantize as they write and read them back widened.
 
-    The buffers are in 2 MB pages where Linux gives them (``hugepages``), the layers' caches carved
-    one after another from shared mappings: at 800 tokens every token reads the whole cache, in 4 KB
-    pages some 3,700 of them for 124M's int8 codes, more than the CPU's TLB holds. In 2 MB pages a
-    token at 800 positions took 0.1 ms less (of 4-5 ms: after 800 / after 8 +0.01, 124M, int8 and
-    int4, in one process in turn). The cost: the whole window's cache is resident from the first
-    token (124M: 19 MB in int8 codes, 38 in bfloat16, 75 in float32), not page by page as it fills.
+    One row's buffers (not -N's widened rows) are in 2 MB pages where Linux gives them
+    (``hugepages``), the layers' caches carved one after another from shared mappings: at 800
+    tokens every token reads the whole cache, in 4 KB pages some 3,700 of them for 124M's int8
+    codes, more than the CPU's TLB holds. In 2 MB pages a token at 800 positions took 0.97x the
+    time in int8 and bfloat16, 0.99x in int4 and float32 (124M, in one process in turn). The cost:
+    the window's whole cache is resident from the first token (124M: 19 MB of int8 codes, 38 MB in
+    bfloat16, 75 MB in float32; llama.cpp clears its whole cache at start, so it pays that too),
+    not page by page as positions are written. -N's rows keep ordinary pages: N times as much.
     """
 
     allocating = staticmethod(hugepages.shared)
 
     @staticmethod
     def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+        if shape[0] != 1:  # -N's rows
+            return torch.empty(shape, dtype=dtype, device=device)
         return hugepages.empty(shape, dtype, device if device is not None else "cpu")
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,

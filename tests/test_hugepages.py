@@ -52,9 +52,10 @@ def test_a_converted_models_weights_are_in_mappings_that_take_huge_pages() -> No
 
 @huge_pages_on
 @pytest.mark.parametrize("dtype", ["int8", "bfloat16"])  # the int8 codes' cache has scales, bfloat16's not
-def test_the_decode_kernels_kv_cache_is_in_mappings_that_take_huge_pages(dtype) -> None:
-    """Every layer's keys, values (and int8 scales) of the CPU kernels' cache, for one sample and
-    for -N's widened rows, carved from shared mappings that asked for huge pages."""
+def test_one_rows_kv_cache_is_in_mappings_that_take_huge_pages(dtype) -> None:
+    """Every layer's keys, values (and int8 scales) of the CPU kernels' one-row cache are carved
+    from one shared mapping that asked for huge pages; -N's widened rows (N times the memory) are
+    in ordinary pages."""
     from chatgpt_cli.generate import Engine
     from chatgpt_cli.layers import FusedKVCache
     from chatgpt_cli.sampling import SamplingOptions
@@ -67,18 +68,21 @@ def test_the_decode_kernels_kv_cache_is_in_mappings_that_take_huge_pages(dtype) 
         caches = [block.attn.kv_cache for block in model.transformer.h]
         assert all(isinstance(c, FusedKVCache) for c in caches)
         buffers = [b for c in caches for b in (c.k_cache, c.v_cache, c.k_scale, c.v_scale) if b.numel()]
+        rows = caches[0].k_cache.shape[0]
         for b in buffers:
             entry = mapping_of(b)
-            assert entry is not None and "hg" in entry["VmFlags"].split(), entry  # MADV_HUGEPAGE
-        assert len({mapping_of(b)["range"] for b in buffers}) == 1  # 2 MB pages shared by the layers
-        seen.append(caches[0].k_cache.shape[0])
+            assert entry is not None and ("hg" in entry["VmFlags"].split()) == (rows == 1), (rows, entry)
+        if rows == 1:
+            assert len({mapping_of(b)["range"] for b in buffers}) == 1  # carved one after another
+        seen.append(rows)
 
     check()
     for _ in engine.generate_batch([464, 318], 2, SamplingOptions(temperature=0), 3, on_step=lambda *a: check()):
         pass
     assert seen[0] == 1 and 3 in seen  # one row, then -N's three
-    assert list(engine.generate([464, 318], 3, SamplingOptions(temperature=0))) == \
-        [row[0] for row in engine.generate_batch([464, 318], 3, SamplingOptions(temperature=0), 1)]
+    greedy = SamplingOptions(temperature=0)
+    one = [row[0] for row in engine.generate_batch([464, 318], 3, greedy, 1)]
+    assert list(engine.generate([464, 318], 3, greedy)) == one
 
 
 @huge_pages_on
