@@ -130,7 +130,7 @@ QUALITY = {"float32": "exact (float32)",
            "int4": "loss +0.010 nats/token against float32, top-1 token the same at 93% of positions "
                    "(bundled model, a chat text; decoding, int8 KV cache: +0.007, 93%); weights in groups of 32, "
                    "unembedding int8"}
-CPU_KERNELS = "numba decode step, one call per block (matrix-vector products + fused attention), oneDNN (prefill)"
+CPU_KERNELS = "numba decode step, one call for all blocks (matrix-vector products + fused attention), oneDNN (prefill)"
 
 
 def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: bool = True) -> Scheme:
@@ -147,7 +147,7 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
             if dtype == "int8":
                 kernels = f"int8 {CPU_KERNELS}; one row: int16 inputs, integer dot products"
             elif load_kernels().BF16_DOT:
-                kernels = ("int4: numba decode step, one call per block (int4 blocks and int8 unembedding: "
+                kernels = ("int4: numba decode step, one call for all blocks (int4 blocks and int8 unembedding: "
                            "AVX-512 BF16 dot products, fused attention, -N too), torch's int4 kernel (prompts)")
             else:
                 kernels = "int4: torch's int4 kernel (blocks), int8 numba matrix-vector (unembedding) + fused attention"

@@ -243,7 +243,7 @@ def assert_same_cache(a: FusedKVCache, b: FusedKVCache, n: int) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
 def test_the_fused_decode_step_equals_the_models_forward(tiny_dir, dtype):
-    """fused.py's one call per block computes what GPT.forward computes for one token, and writes
+    """fused.py's one call for all blocks computes what GPT.forward computes for one token, and writes
     the same keys and values into the cache (int4: on a CPU with AVX-512 BF16)."""
     from chatgpt_cli.fused import FusedDecoder
 
