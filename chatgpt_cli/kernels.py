@@ -278,6 +278,12 @@ def group_sums(xb, n_groups):
     return sums
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def group_offset(scales, offsets, n, g):
+    """Weight row n's group g term per unit of input: m - 128 s (the codes are read as 128 + q)."""
+    return bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])
+
+
 @jit
 def matvec_int4(x, codes, groups, bias, out, gelu):
     """out[n] = x . w[n] + bias[n] for int4 weights w = q * s + m in groups of 32 (``groups`` =
@@ -292,7 +298,7 @@ def matvec_int4(x, codes, groups, bias, out, gelu):
     for n in prange(codes.shape[0]):
         rest = np.float32(0.0)
         for g in range(n_groups):
-            rest += (bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])) * x_sums[g]
+            rest += group_offset(scales, offsets, n, g) * x_sums[g]
         dot = _dot_int4_pairs(codes, n, xp, scales) if even else _dot_int4(codes, n, xb, scales)
         out[n] = dot + rest + bias[n]
     if gelu:

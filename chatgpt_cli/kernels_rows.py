@@ -21,7 +21,7 @@ from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_f32, _tile_
 from chatgpt_cli.intrinsics_int4 import INT4_TILE, _tile_int4
 from chatgpt_cli.kernels import (
     apply_gelu,
-    bf16,
+    group_offset,
     group_sums,
     jit,
     pair_order,
@@ -202,7 +202,7 @@ def offsets_times_sums(scales, offsets, x_sums, n, m):
     products of 8 rows took 1.1x the time)."""
     r0 = r1 = r2 = r3 = np.float32(0.0)
     for g in range(scales.shape[1]):
-        c = bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])
+        c = group_offset(scales, offsets, n, g)
         r0 += c * x_sums[m, g]
         r1 += c * x_sums[m + 1, g]
         r2 += c * x_sums[m + 2, g]
