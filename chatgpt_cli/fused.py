@@ -29,7 +29,8 @@ from numba.typed import List
 from chatgpt_cli.kernels import widen
 from chatgpt_cli.kernels_attend import attend
 from chatgpt_cli.kernels_rows import rows_product
-from chatgpt_cli.layers import FusedKVCache, Linear, bits
+from chatgpt_cli.kvcache import FusedKVCache
+from chatgpt_cli.layers import Linear, bits
 from chatgpt_cli.model import GPT
 
 step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow on as in torch
@@ -73,9 +74,10 @@ def block_step(x, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj, k_cache, v_cach
 
     Each product is (weight, scale, bias) as kernels.rows_product takes it (each weight read once
     for all rows); ln_* are (weight, bias); k_cache, v_cache (B, nh, max_len, hs) the block's
-    cache (and its scales, for int8 codes), whose row b gets row b's key and value.
+    cache (and its scales, for int8 and int4 codes), whose row b gets row b's key and value.
     """
-    (B, C), n_head, hs = x.shape, k_cache.shape[1], k_cache.shape[3]
+    (B, C), n_head = x.shape, k_cache.shape[1]
+    hs = C // n_head
     qkv = np.empty((B, 3 * C), np.float32)
     rows_product(layer_norm(x, ln_1[0], ln_1[1], eps), c_attn[0], c_attn[1], c_attn[2], qkv, False)
     q = np.ascontiguousarray(qkv[:, :C]).reshape((B, n_head, hs))  # (B, nh, hs)

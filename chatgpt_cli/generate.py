@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from chatgpt_cli.cuda_graph import GraphDecoder, wants_graph
-from chatgpt_cli.layers import FusedKVCache, prepare_batches
+from chatgpt_cli.kvcache import FusedKVCache
+from chatgpt_cli.layers import prepare_batches
 from chatgpt_cli.model import GPT
 from chatgpt_cli.sampling import SamplingOptions, adjust, draw, draw_rows, make_generator
 from chatgpt_cli.tokenizer import EOT, Tokenizer

@@ -6,7 +6,7 @@ prefetches, so these write the LLVM IR of the dot products themselves: a loop ov
 values at a time, 16 sums kept side by side, added up at the end (``_dots``; float32, bfloat16
 and 16-bit integer steps; int4's are intrinsics_int4.py's), one row or a tile of rows at a time,
 the weights prefetched into the L2 cache where that measured faster. An x86 instruction named
-here is used only where the CPU numba compiles for has it (``BF16_DOT``, ``INT16_MADD``);
+here is used only where the CPU numba compiles for has it (``BF16_DOT``, ``INT16_MADD``, ``PERMUTE``);
 kernels.py picks plain loops elsewhere.
 """
 
@@ -28,6 +28,7 @@ def target_features() -> str:
 # Each x86 intrinsic below is used only where the CPU has it; LLVM aborts the process on one it lacks.
 BF16_DOT = "+avx512bf16" in target_features()  # vdpbf16ps: the bfloat16 and int4 kernels
 INT16_MADD = "+avx512bw" in target_features()  # vpmaddwd on 512 bits: the int8 few-rows tile
+PERMUTE = "+avx512f" in target_features()  # vpermps: int4 KV codes to floats by a table of 16
 
 
 class _BFloat(ir.Type):

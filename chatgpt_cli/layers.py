@@ -1,5 +1,5 @@
 """The layers the precisions swap into a model (precision.py chooses which): a matrix product per
-form of stored weight, and a KV cache whose one-token attention is one kernel.
+form of stored weight (the KV cache they pair with is kvcache.py's).
 
 Each ``Linear`` kind holds its weight in one form (float32, bfloat16, int8 with a scale per row,
 int4 in groups of 32) and multiplies in the fastest way for the number of rows it is given: one
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from chatgpt_cli import hugepages
-from chatgpt_cli.model import KVCache
 
 ROWS_PER_CHUNK = 4096  # rows quantized at a time, so no full-size float copy is ever made
 GROUP = 32  # int4 weights per group
@@ -34,14 +33,6 @@ def load_kernels():
     from chatgpt_cli import kernels as k  # it sets numba's cache directory
 
     return k
-
-
-def load_attention():
-    """kernels_attend.attend, imported on first use (after kernels.py has set numba's cache)."""
-    load_kernels()
-    from chatgpt_cli.kernels_attend import attend
-
-    return attend
 
 
 def use_torch_threads() -> None:
@@ -292,80 +283,6 @@ class Int4Linear(Linear):
         out = self.product(x.reshape(-1, x.shape[-1])).to(x.dtype) + self.bias.to(x.dtype)
         out = F.gelu(out, approximate="tanh") if self.gelu else out
         return out.view(x.shape[:-1] + (self.out_features,))
-
-
-class FusedKVCache(KVCache):
-    """A KV cache whose one-token attention is a single kernel (kernels_attend.attend) that writes the
-    new key and value and attends over the cache; prompts go through torch as usual.
-
-    With dtype int8 the keys and values are stored as int8 codes, a float32 scale per position and
-    head (``k_scale``, ``v_scale``: max |value| / 127): a quarter of float32's bytes, which is what
-    the attention of a long context costs. Prompts quantize as they write and read them back widened.
-
-    One row's buffers (not -N's widened rows) are in 2 MB pages where Linux gives them
-    (``hugepages``), the layers' caches carved one after another from shared mappings: at 800
-    tokens every token reads the whole cache, in 4 KB pages some 3,700 of them for 124M's int8
-    codes, more than the CPU's TLB holds. In 2 MB pages a token at 800 positions took 0.97x the
-    time in int8 and bfloat16, 0.99x in int4 and float32 (124M, in one process in turn). The cost:
-    the window's whole cache is resident from the first token (124M: 19 MB of int8 codes, 38 MB in
-    bfloat16, 75 MB in float32; llama.cpp clears its whole cache at start, so it pays that too),
-    not page by page as positions are written. -N's rows keep ordinary pages: N times as much.
-    """
-
-    allocating = staticmethod(hugepages.shared)
-
-    @staticmethod
-    def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-        if shape[0] != 1:  # -N's rows
-            return torch.empty(shape, dtype=dtype, device=device)
-        return hugepages.empty(shape, dtype, device if device is not None else "cpu")
-
-    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str | None = None, static: bool = False) -> None:
-        super().__init__(batch, n_head, max_len, head_dim, dtype, device, static)
-        scales = max_len if dtype == torch.int8 else 0  # only int8 codes have scales (the kernel takes them all)
-        for name in ("k_scale", "v_scale"):
-            self.register_buffer(name, self.empty((batch, n_head, scales), torch.float32, device).fill_(1.0),
-                                 persistent=False)
-        self.kernel = None  # looked up on first use (12 calls a token in GPT-2 124M)
-        self._arrays()
-
-    def _arrays(self) -> None:
-        self.arrays = tuple(bits(t) for t in (self.k_cache, self.v_cache, self.k_scale, self.v_scale))
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k_cache.dtype != torch.int8:
-            return super().update(input_pos, k, v)
-        end = int(input_pos[-1]) + 1
-        out = []
-        for cache, scales, new in ((self.k_cache, self.k_scale, k), (self.v_cache, self.v_scale, v)):
-            codes, scale = quantize_vectors(new.float())
-            cache.index_copy_(2, input_pos, codes)
-            scales.index_copy_(2, input_pos, scale)
-            out.append(cache[:, :, :end].float() * scales[:, :, :end, None])  # (B, nh, end, hs)
-        return out[0], out[1]
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
-               last_only: bool = False) -> torch.Tensor:
-        if q.shape[2] != 1 or q.dtype != torch.float32:
-            return super().attend(q, k, v, input_pos, last_only)
-        out = torch.empty(q.shape[0], q.shape[1], q.shape[3])  # (B, nh, hs)
-        self.kernel = self.kernel or load_attention()
-        self.kernel(q[:, :, 0].contiguous().numpy(), k[:, :, 0].contiguous().numpy(), v[:, :, 0].contiguous().numpy(),
-                    *self.arrays, int(input_pos[0]), out.numpy())
-        return out.view(q.shape)  # (B, nh, 1, hs)
-
-    def narrow(self, keep: torch.Tensor) -> None:
-        super().narrow(keep)
-        self._arrays()
-
-
-def quantize_vectors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., hs) float32 -> int8 codes (..., hs) and one scale per vector (...,): x ~ codes * scale,
-    as kernels_attend.store writes them (max |x| / 127; 1 for a vector of zeros)."""
-    top = x.abs().amax(-1)
-    scale = torch.where(top > 0, top * torch.tensor(1 / 127, dtype=torch.float32), torch.ones_like(top))
-    return torch.round(x * (1 / scale)[..., None]).clamp(-127, 127).to(torch.int8), scale
 
 
 def prepare_batches(model: nn.Module) -> None:

@@ -13,9 +13,9 @@ where:
 - elsewhere (CUDA, MPS) and for ``fast=False``: torch's own layers (``TorchScheme``); on CUDA the
   decode step is recorded as a CUDA graph over a static cache (cuda_graph.py).
 
-int4's unembedding is int8, which keeps it faithful at little cost. On the CPU int8, int4 and auto
-keep the KV cache as int8 codes with a scale per position and head (layers.FusedKVCache); float32
-and bfloat16 keep it in their own precision.
+int4's unembedding is int8, which keeps it faithful at little cost. On the CPU the KV cache
+(kvcache.FusedKVCache) is kept as codes with a scale per position and head: int8 codes for int8 and
+auto, int4 codes for int4; float32 and bfloat16 keep it in their own precision.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from chatgpt_cli import hugepages
+from chatgpt_cli.kvcache import FusedKVCache
 from chatgpt_cli.layers import (
     GROUP,
     BFloat16Linear,
     Float32Linear,
-    FusedKVCache,
     Int4Linear,
     Int8Linear,
     Linear,
@@ -151,8 +151,9 @@ def choose_scheme(dtype: str, stored: torch.dtype, device: torch.device, fast: b
                            "AVX-512 BF16 dot products, fused attention, -N too), torch's int4 kernel (prompts)")
             else:
                 kernels = "int4: torch's int4 kernel (blocks), int8 numba matrix-vector (unembedding) + fused attention"
-            return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, torch.int8,
-                          kernels + "; int8 KV cache", quality)
+            cache = torch.int8 if dtype == "int8" else torch.uint8  # uint8: int4 codes, two a byte
+            return Scheme(dtype, torch.bfloat16, torch.float32, linear, Int8Linear, FusedKVCache, cache,
+                          f"{kernels}; {dtype} KV cache", quality)
         return Scheme(dtype, torch.bfloat16, torch.bfloat16, linear, Int8Linear, kernels="torch (weights widened)",
                       quality=quality)
     target = DTYPES[dtype]
@@ -201,7 +202,7 @@ def warm_up() -> None:
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(1, GROUP))
                 kind(torch.randn(4, GROUP), None, gelu)(torch.randn(3, GROUP))
         Int4Linear(torch.randn(4, GROUP), None).dense(torch.bfloat16)  # a long prompt's widening
-        for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        for dtype in (torch.float32, torch.bfloat16, torch.int8, torch.uint8):
             for hs in (4, 64):  # other head sizes, and the 64 of every GPT-2
                 q = torch.randn(1, 1, 1, hs)
                 FusedKVCache(1, 1, 2, hs, dtype).attend(q, q, q, torch.tensor([0]))

@@ -57,7 +57,7 @@ def test_one_rows_kv_cache_is_in_mappings_that_take_huge_pages(dtype) -> None:
     from one shared mapping that asked for huge pages; -N's widened rows (N times the memory) are
     in ordinary pages."""
     from chatgpt_cli.generate import Engine
-    from chatgpt_cli.layers import FusedKVCache
+    from chatgpt_cli.kvcache import FusedKVCache
     from chatgpt_cli.sampling import SamplingOptions
 
     model = random_model("gpt2", dtype)

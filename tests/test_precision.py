@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from chatgpt_cli.generate import Engine, decode_one, prefill
+from chatgpt_cli.kvcache import LIMIT, FusedKVCache, pack_nibbles, unpack_nibbles
 from chatgpt_cli.layers import (
     KERNEL_ROWS,
     WIDEN_ROWS,
     BFloat16Linear,
     Float32Linear,
-    FusedKVCache,
     Int4Linear,
     Int8Linear,
     bits,
@@ -111,12 +111,13 @@ def test_each_kernel_equals_torchs_product(kind, shape, gelu, onednn, monkeypatc
     assert (layer.packed is not None) == onednn if kind is BFloat16Linear else True  # made on first use
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, torch.int8, torch.uint8])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("hs", [16, 64])  # 64: the LLVM IR passes (16 keys a step, then the rest one by one)
 def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
     """The kernel against torch's attention over the same cache, written by the kernel on one side
-    and by the prompt's path (``update``) on the other: the same values, int8 codes and scales too."""
+    and by the prompt's path (``update``) on the other: the same values, int8 and int4 codes (uint8:
+    two a byte) and scales too."""
     torch.manual_seed(0)
     n_head, max_len = 3, 40
     fused = FusedKVCache(batch, n_head, max_len, hs, cache_dtype)
@@ -132,7 +133,7 @@ def test_fused_attention_equals_torchs(cache_dtype, batch, hs):
         keys, values = plain.update(torch.tensor([pos]), k, v)  # torch's, on the same cache
         want = F.scaled_dot_product_attention(q, keys.float(), values.float())
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-        for name in ("k_cache", "v_cache") + (("k_scale", "v_scale") if cache_dtype == torch.int8 else ()):
+        for name in ("k_cache", "v_cache") + (("k_scale", "v_scale") if cache_dtype in LIMIT else ()):
             assert torch.equal(getattr(fused, name)[:, :, :pos + 1], getattr(plain, name)[:, :, :pos + 1]), name
 
 
@@ -154,15 +155,32 @@ def test_int16_activations_are_rounded_with_the_largest_magnitude_as_scale(n_in)
     assert kernels.quantize16(np.full(n_in, -np.inf, np.float32), n_in)[1] == np.inf
 
 
-def test_int8_cache_codes_are_rounded_vectors_with_one_scale_each():
-    from chatgpt_cli.layers import quantize_vectors
+@pytest.mark.parametrize("limit", [127, 7])  # int8 and int4 codes
+def test_cache_codes_are_rounded_vectors_with_one_scale_each(limit):
+    from chatgpt_cli.kvcache import quantize_vectors
 
     x = torch.randn(2, 3, 5, 64) * torch.logspace(-3, 3, 5)[:, None]  # vectors of very different sizes
     x[0, 0, 0] = 0.0  # a vector of zeros keeps a harmless scale
-    codes, scale = quantize_vectors(x)
+    codes, scale = quantize_vectors(x, limit)
     assert codes.dtype == torch.int8 and scale.shape == (2, 3, 5) and float(scale[0, 0, 0]) == 1.0
-    assert codes.abs().amax(-1)[x.abs().amax(-1) > 0].eq(127).all()  # each vector's largest value is +-127
+    assert codes.abs().amax(-1)[x.abs().amax(-1) > 0].eq(limit).all()  # each vector's largest value is +-limit
     assert ((codes * scale[..., None] - x).abs() <= scale[..., None] / 2 * (1 + 1e-6)).all()  # half a step
+
+
+def test_int4_cache_codes_pair_a_heads_halves_in_a_byte():
+    """Code d + 8 in byte d's low nibble, code d + hs/2 + 8 in its high one; every code -7..7 round trips."""
+    codes = torch.arange(-7, 8, dtype=torch.int8).repeat(9)[:128].reshape(2, 64)  # (.., hs)
+    packed = pack_nibbles(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 32)
+    assert torch.equal((packed & 15).to(torch.int8) - 8, codes[..., :32])
+    assert torch.equal((packed >> 4).to(torch.int8) - 8, codes[..., 32:])
+    assert torch.equal(unpack_nibbles(packed), codes)
+
+
+def test_an_int4_cache_of_odd_heads_keeps_int8_codes():
+    cache = FusedKVCache(1, 2, 8, 5, torch.uint8)
+    assert cache.k_cache.dtype == torch.int8 and cache.k_cache.shape == (1, 2, 8, 5)
+    assert FusedKVCache(1, 2, 8, 6, torch.uint8).k_cache.shape == (1, 2, 8, 3)
 
 
 @pytest.mark.parametrize("kind", [Float32Linear, BFloat16Linear, Int8Linear, Int4Linear])
@@ -229,12 +247,16 @@ def test_decode_agrees_with_the_full_forward(tiny_dir, dtype):
             torch.testing.assert_close(step, full[i], atol=2e-2 if dtype == "float32" else 0.15, rtol=0.05)
 
 
+def codes_of(cache: torch.Tensor) -> torch.Tensor:
+    return unpack_nibbles(cache) if cache.dtype == torch.uint8 else cache
+
+
 def assert_same_cache(a: FusedKVCache, b: FusedKVCache, n: int) -> None:
-    """The keys and values of positions 0..n in two caches agree (int8 codes: as the values they
-    stand for, up to a step of the code either way)."""
+    """The keys and values of positions 0..n in two caches agree (int8 and int4 codes: as the values
+    they stand for, up to a step of the code either way)."""
     for name in ("k", "v"):
-        x, y = (getattr(c, f"{name}_cache")[:, :, :n].float() for c in (a, b))
-        if a.k_cache.dtype == torch.int8:
+        x, y = (codes_of(getattr(c, f"{name}_cache")[:, :, :n]).float() for c in (a, b))
+        if a.k_cache.dtype in LIMIT:
             x, y = x * getattr(a, f"{name}_scale")[:, :, :n, None], y * getattr(b, f"{name}_scale")[:, :, :n, None]
             torch.testing.assert_close(x, y, atol=float(getattr(a, f"{name}_scale")[:, :, :n].max()) * 1.01, rtol=0)
         else:
@@ -501,9 +523,9 @@ def test_every_kernel_runs_on_a_cpu_without_avx512(tmp_path):
     import sys
 
     env = os.environ | {"NUMBA_CPU_FEATURES": AVX2_ONLY, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    probe = "from chatgpt_cli import intrinsics; print(intrinsics.BF16_DOT, intrinsics.INT16_MADD)"
+    probe = "from chatgpt_cli import intrinsics as i; print(i.BF16_DOT, i.INT16_MADD, i.PERMUTE)"
     features = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout
-    assert features == "False False\n"  # the kernels compile for that CPU
+    assert features == "False False False\n"  # the kernels compile for that CPU
     tests = ("each_kernel_equals or fused_attention or fused_decode_step or fused_step_of_a_batch "
              "or never_overflow or few_rows_kernels_equal")
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", tests],
