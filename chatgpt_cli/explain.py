@@ -207,7 +207,8 @@ def explain(model: GPT, ids: list[int], options: SamplingOptions, top: int = 5, 
     final = int(torch.topk(logits, 1).indices[0])  # as the lens and `next` rank them (ties alike)
     first = next((layer.layer for layer in layers if layer.top[0].token == final), c.n_layer - 1)
     cached = model.cache_dtype or model.transformer.wte.weight.dtype  # the KV cache's numbers
-    per_value = torch.empty((), dtype=cached).element_size() + (4 / c.head_dim if cached == torch.int8 else 0)
+    per_value = {torch.int8: 1 + 4 / c.head_dim, torch.uint8: 0.5 + 4 / c.head_dim}.get(  # codes and their scales
+        cached, torch.empty((), dtype=cached).element_size())  # (uint8: int4 codes, two a byte)
     cost = count(c, len(run), weight_bytes_read(model), per_value)
     return Explanation(run, dropped, c, embeddings, layers, first, final,
                        candidates(logits, top, options.temperature, options.top_k, options.top_p),

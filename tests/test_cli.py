@@ -207,6 +207,7 @@ def test_quantized_from_the_command_line(tiny_dir, dtype):
     int4 = "int4: numba decode step" if load_kernels().BF16_DOT else "int4: torch's int4 kernel"
     kernels = {"int8": "int8 numba decode step", "int4": int4}[dtype]
     assert f"kernels                       {kernels}" in info.stdout
+    assert f"; {dtype} KV cache\n" in info.stdout  # keys and values as int8 codes, or int4 codes two a byte
     r = run("complete", "-m", str(tiny_dir), "--dtype", dtype, "-t", "0", "-n", "5", "Hello")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == run("complete", "-m", str(tiny_dir), "--dtype", dtype, "-t", "0", "-n", "5", "Hello").stdout

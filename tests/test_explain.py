@@ -151,12 +151,13 @@ def test_every_dtype(tiny_dir, dtype):
 
 
 def test_bytes_per_token_follow_the_precision(tiny_dir):
-    costs = {d: explained(tiny_dir, "--dtype", d)["cost"] for d in ("float32", "bfloat16", "int8")}
+    costs = {d: explained(tiny_dir, "--dtype", d)["cost"] for d in ("float32", "bfloat16", "int8", "int4")}
     by = {d: cost["weight_bytes"] for d, cost in costs.items()}
     assert by["bfloat16"] < 0.55 * by["float32"]  # the unembedding (50257 x 32) is most of it
     assert by["int8"] < 0.7 * by["bfloat16"]
     kv = {d: cost["kv_bytes"] / costs["float32"]["kv_bytes"] for d, cost in costs.items()}
-    assert kv == {"float32": 1.0, "bfloat16": 0.5, "int8": pytest.approx((1 + 4 / 16) / 4, abs=1e-3)}  # codes + scales
+    assert kv == {"float32": 1.0, "bfloat16": 0.5, "int8": pytest.approx((1 + 4 / 16) / 4, abs=1e-3),  # codes + scales
+                  "int4": pytest.approx((0.5 + 4 / 16) / 4, abs=1e-3)}  # two codes a byte
 
 
 def test_sampled_token_is_generations_first_token_with_that_seed(tiny_dir):

@@ -349,6 +349,23 @@ def test_int8_from_a_gpu_scheme_widens_in_torch():
     assert scheme.activations == torch.bfloat16 and scheme.cache is not FusedKVCache and "torch" in scheme.kernels
 
 
+def test_each_quantized_scheme_keeps_its_kv_cache_as_codes():
+    """On the CPU: int8 codes for int8, int4 codes two a byte for int4, in the engine's caches too
+    (-N's widened rows included)."""
+    cpu = torch.device("cpu")
+    assert choose_scheme("int8", torch.float32, cpu).cache_dtype == torch.int8
+    assert choose_scheme("int4", torch.float32, cpu).cache_dtype == torch.uint8
+    assert "int4 KV cache" in choose_scheme("int4", torch.float32, cpu).kernels
+    model = load_model(shipped("weights"), dtype="int4").model
+    engine = Engine(model)
+    half = model.config.head_dim // 2
+    assert {(cache.k_cache.dtype, cache.k_cache.shape[-1]) for cache in engine.caches} == {(torch.uint8, half)}
+    with torch.inference_mode():
+        engine._widen(3, 4)
+    assert {(b.attn.kv_cache.k_cache.dtype, b.attn.kv_cache.k_cache.shape[:1]) for b in model.transformer.h} == {
+        (torch.uint8, (3,))}
+
+
 def test_auto_runs_bfloat16_where_the_cpu_has_it(monkeypatch):
     from chatgpt_cli import precision
 
