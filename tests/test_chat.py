@@ -217,7 +217,7 @@ def test_ctrl_c_on_a_terminal(tiny_dir):
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
-    assert child.exitstatus == 0
+    assert child.exitstatus == 0, child.before  # what it printed after "Ctrl-C again"
 
 
 @pytest.mark.parametrize("no_color", [False, True])
