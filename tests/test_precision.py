@@ -224,13 +224,37 @@ def test_the_kernels_gelu_equals_torchs():
 @pytest.mark.parametrize("spread", [0.01, 1.0, 30.0, 300.0])  # 300: most weights underflow to zero
 @pytest.mark.parametrize("n", [1, 7, 16, 33, 800])
 def test_attention_softmax_equals_torchs(spread, n):
-    from chatgpt_cli.kernels_attend import softmax
+    """The attention's exponentials over their sum (the values' pass divides by it) are torch's softmax."""
+    from chatgpt_cli.kernels_attend import exponentials
 
     scores = torch.randn(n, generator=torch.Generator().manual_seed(n)) * spread
     got = scores.clone().numpy()
-    softmax(got)  # in place
+    total = exponentials(got, got.max())  # in place
     want = torch.softmax(scores.double(), 0)
-    torch.testing.assert_close(torch.from_numpy(got).double(), want, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(got).double() / total, want, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, torch.int8, torch.uint8])
+@pytest.mark.parametrize("hs", [16, 64])
+@pytest.mark.parametrize("where", ["query", "key", "value"])
+def test_a_nan_in_the_attention_comes_out_as_in_torch(cache_dtype, hs, where):
+    """As in torch's attention over the same cache: a NaN in the query or one cached key makes its
+    head's output NaN (the scores' maximum is NaN, as numpy's and torch's); one in a value, the
+    output values it reaches. Other heads stay finite."""
+    torch.manual_seed(2)
+    n_head, n = 2, 37
+    fused, plain = (FusedKVCache(1, n_head, 40, hs, cache_dtype) for _ in range(2))
+    for pos in range(n):  # the NaN at position 20; then its output, and the last position's
+        q, k, v = (torch.randn(1, n_head, 1, hs) for _ in range(3))
+        if pos == 20:
+            {"query": q, "key": k, "value": v}[where][0, 0, 0, 3] = float("nan")
+        got = fused.attend(q, k, v, torch.tensor([pos]))
+        keys, values = plain.update(torch.tensor([pos]), k, v)
+        want = F.scaled_dot_product_attention(q, keys.float(), values.float())
+        if pos in (20, n - 1):
+            assert torch.equal(got.isnan(), want.isnan()) and got[0, 1].isfinite().all(), pos
+            if cache_dtype not in LIMIT or where == "query":  # codes: a NaN's vector is rounded as torch's path does
+                assert got.isnan().any() == (pos == 20 or where != "query")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
