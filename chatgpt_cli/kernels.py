@@ -49,7 +49,8 @@ def _source_hash() -> str:
     """A hash of the kernels' source: numba checks only the file a cached function is in, so code
     compiled against an older version of a kernel it calls would otherwise still be loaded."""
     here = Path(__file__).parent
-    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "intrinsics.py", "intrinsics_int4.py", "fused.py")
+    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "kernels_cache.py", "intrinsics.py",
+             "intrinsics_int4.py", "fused.py")
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 

@@ -31,27 +31,32 @@ from numba import extending, njit, prange, types
 from numba.core import cgutils
 
 from chatgpt_cli.intrinsics import PERMUTE, _declare, _sum_lanes, prefetch_l2, sum_across
-from chatgpt_cli.kernels import exp_approx, jit, stored, widen
+from chatgpt_cli.kernels import exp_approx, jit
+from chatgpt_cli.kernels_cache import cached, position_scale, store
 
 HEAD = 64  # the head size the LLVM IR passes are written for (GPT-2's, at every size)
 LANES = 16  # float32 values in an AVX-512 vector
 VEC, INDEX = ir.VectorType(ir.FloatType(), LANES), ir.IntType(64)
 WORDS = ir.VectorType(ir.IntType(32), LANES)
 FORMS = {types.uint16: "bf16", types.int8: "int8", types.uint8: "int4"}  # by the cache's dtype; else "f32"
-LIMIT = {types.int8: 127, types.uint8: 7}  # the largest code of each quantized form: int4's are -7..7
 
 
 def _cache_at(context, builder, signature, args):
     """For (cache, scales, b, h, ...): a function t -> a pointer to cache[b, h, t, 0] and the cache's form."""
     cache = context.make_array(signature.args[0])(context, builder, args[0])
-    n_head, max_len = (builder.extract_value(cache.shape, i) for i in (1, 2))
-    head = builder.mul(builder.add(builder.mul(args[2], n_head), args[3]), max_len)  # (b * nh + h) * max_len
+    head = _positions_of(builder, cache, args[2], args[3])
     form = FORMS.get(signature.args[0].dtype, "f32")
     row = ir.Constant(INDEX, HEAD // 2 if form == "int4" else HEAD)  # elements a position
 
     def at(t):
         return builder.gep(cache.data, [builder.mul(builder.add(head, t), row)])
     return at, form
+
+
+def _positions_of(builder, array, b, h):
+    """The index of position 0 of row b, head h in an array (B, nh, max_len, ...): (b * nh + h) * max_len."""
+    n_head, max_len = (builder.extract_value(array.shape, i) for i in (1, 2))
+    return builder.mul(builder.add(builder.mul(b, n_head), h), max_len)
 
 
 def _splat(value: int):
@@ -130,8 +135,7 @@ def _position_scales(context, builder, signature, args, form):
     if form not in ("int8", "int4"):
         return None
     scales = context.make_array(signature.args[1])(context, builder, args[1])
-    n_head, max_len = (builder.extract_value(scales.shape, i) for i in (1, 2))
-    head = builder.mul(builder.add(builder.mul(args[2], n_head), args[3]), max_len)  # (b * nh + h) * max_len
+    head = _positions_of(builder, scales, args[2], args[3])
     return lambda t: builder.gep(scales.data, [builder.add(head, t)])
 
 
@@ -242,74 +246,6 @@ def exponentials(scores, top):
         scores[t] = e
         total += e
     return total
-
-
-def store(cache, scales, b, h, pos, new):
-    """Write new[b, h] (hs,) float32 into cache[b, h, pos]: as float32, as bfloat16 bits, or as codes
-    c = round(value / scale) with scales[b, h, pos] = max |value| / limit (int8: limit 127; int4:
-    7, c + 8 stored in a nibble, value d of the first half in byte d's low nibble, of the second in
-    byte d - hs/2's high one), as kvcache.quantize_vectors and pack_nibbles compute them, to the bit."""
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def _code(value, inverse, limit):
-    return min(max(round(value * inverse), -limit), limit)
-
-
-@extending.overload(store)
-def _store(cache, scales, b, h, pos, new):
-    if cache.dtype in LIMIT:
-        limit, nibbles = LIMIT[cache.dtype], cache.dtype == types.uint8
-
-        def quantized(cache, scales, b, h, pos, new):
-            top = np.float32(0.0)
-            for d in range(new.shape[2]):
-                top = max(top, abs(new[b, h, d]))
-            scale = np.float32(1.0)  # a vector of zeros keeps a harmless scale
-            if top > 0:
-                scale = top * np.float32(1.0 / limit)
-            inverse = np.float32(1.0) / scale
-            scales[b, h, pos] = scale
-            if nibbles:
-                half = cache.shape[3]
-                for d in range(half):
-                    low, high = _code(new[b, h, d], inverse, limit), _code(new[b, h, half + d], inverse, limit)
-                    cache[b, h, pos, d] = np.uint8((low + 8) | ((high + 8) << 4))
-            else:
-                for d in range(new.shape[2]):
-                    cache[b, h, pos, d] = np.int8(_code(new[b, h, d], inverse, limit))
-        return quantized
-
-    def plain(cache, scales, b, h, pos, new):
-        for d in range(new.shape[2]):
-            cache[b, h, pos, d] = stored(new[b, h, d], cache)
-    return plain
-
-
-def cached(cache, b, h, t, d):
-    """Value d of cache[b, h, t] as float32 (int8 and int4: its code, unscaled)."""
-
-
-@extending.overload(cached, inline="always")
-def _cached(cache, b, h, t, d):
-    if cache.dtype == types.uint8:
-        def nibble(cache, b, h, t, d):
-            half = cache.shape[3]
-            byte = np.int32(cache[b, h, t, d % half])
-            return np.float32(((byte >> (4 * (d // half))) & 15) - 8)  # the second half: the high nibble
-        return nibble
-    return lambda cache, b, h, t, d: widen(cache[b, h, t, d])
-
-
-def position_scale(cache, scales, b, h, t):
-    """scales[b, h, t] for int8 and int4 codes, 1 for other forms (whose scales array is empty)."""
-
-
-@extending.overload(position_scale, inline="always")
-def _position_scale(cache, scales, b, h, t):
-    if cache.dtype in LIMIT:
-        return lambda cache, scales, b, h, t: scales[b, h, t]
-    return lambda cache, scales, b, h, t: np.float32(1.0)
 
 
 @jit
