@@ -16,16 +16,12 @@ with AVX-512 BF16) and the cache is the fused one; otherwise decode runs the mod
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
-from numba import njit, typeof
+from numba import typeof
 from numba.typed import List
 
+from chatgpt_cli.compiled import interrupts_held, kernel
 from chatgpt_cli.kernels import widen
 from chatgpt_cli.kernels_attend import attend
 from chatgpt_cli.kernels_rows import rows_product
@@ -33,7 +29,7 @@ from chatgpt_cli.kvcache import FusedKVCache
 from chatgpt_cli.layers import Linear, bits
 from chatgpt_cli.model import GPT
 
-step = njit(fastmath=True, cache=True, error_model="numpy")  # NaN and inf flow on as in torch
+step = kernel(fastmath=True)
 
 
 @step
@@ -129,23 +125,6 @@ def fusable(model: GPT) -> bool:
             and t.wte.weight.dtype in (torch.float32, torch.bfloat16))
 
 
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Ctrl-C (SIGINT) inside the block waits until the block is done, then arrives as usual (a
-    KeyboardInterrupt). Only the main thread can hold it: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)
-
-
 class FusedDecoder:
     """``decoder(token, pos)`` -> next-token logits (vocab,), like ``generate.decode_one``, and
     ``decoder.rows(tokens, pos)`` -> (B, vocab) for B rows of a batch (``-N``), over the caches the
@@ -163,28 +142,25 @@ class FusedDecoder:
         self._load()
 
     def _load(self) -> None:
-        """Load the step's kernels now (from numba's disk cache, else compile them), with Ctrl-C held
-        until they are in. numba loads a kernel on its first call, the first token decoded: a Ctrl-C
-        landing inside that load left LLVM's objects half built, and the process died at once with
-        "free(): double free detected" instead of stopping the reply (1 run in 10-30 of
-        tests/test_chat.py's Ctrl-C test)."""
+        """Load the step's kernels now (from numba's disk cache, else compile them), not at the first
+        token decoded, where numba would: a reply's first token then waits for nothing."""
         x, logits = np.zeros((1, self.wpe.shape[1]), np.float32), np.zeros((1, self.vocab), np.float32)
         cache = self.model.transformer.h[0].attn.kv_cache.arrays
-        with interrupts_held():
-            embed.compile(tuple(typeof(a) for a in (self.wte, self.wpe, np.zeros(1, np.int64), 0)))
-            block_step.compile(tuple(typeof(a) for a in (x, *self.blocks[0], *cache, 0, self.eps)))
-            blocks_step.compile(tuple(typeof(a) for a in (x, self.blocks, self._caches(), 0, self.eps)))
-            head_step.compile(tuple(typeof(a) for a in (x, self.ln_f, self.head, self.eps, logits)))
+        embed.compile(tuple(typeof(a) for a in (self.wte, self.wpe, np.zeros(1, np.int64), 0)))
+        block_step.compile(tuple(typeof(a) for a in (x, *self.blocks[0], *cache, 0, self.eps)))
+        blocks_step.compile(tuple(typeof(a) for a in (x, self.blocks, self._caches(), 0, self.eps)))
+        head_step.compile(tuple(typeof(a) for a in (x, self.ln_f, self.head, self.eps, logits)))
 
     def _caches(self) -> tuple:
         """The arrays of the caches the blocks hold now (-N widens and narrows them)."""
         return tuple(block.attn.kv_cache.arrays for block in self.model.transformer.h)
 
     def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
-        x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)
-        blocks_step(x, self.blocks, self._caches(), pos, self.eps)
         logits = torch.empty(len(tokens), self.vocab)
-        head_step(x, self.ln_f, self.head, self.eps, logits.numpy())
+        with interrupts_held():  # numba runs Python code inside these calls (interrupts_held says why)
+            x = embed(self.wte, self.wpe, np.array(tokens, np.int64), pos)  # (B, n_embd)
+            blocks_step(x, self.blocks, self._caches(), pos, self.eps)
+            head_step(x, self.ln_f, self.head, self.eps, logits.numpy())
         return logits
 
     def __call__(self, token: int, pos: int) -> torch.Tensor:

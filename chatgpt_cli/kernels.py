@@ -20,49 +20,29 @@ On a CPU with AVX-512 BF16, bfloat16 rows multiply in its dot-product instructio
 ``widen`` turns one stored weight into a float32 as the loop reads it. The KV cache is float32 or
 bfloat16 bits in the same way. fused.py builds the whole decode step of a block from these.
 
-Compiled code is cached on disk (``cache=True``) under $XDG_CACHE_HOME/chatgpt-cli/numba, in a
-folder named by a hash of this file, kernels_rows.py, kernels_attend.py, intrinsics*.py and
-fused.py, so only the first run on a machine (or of a new version) compiles (a few seconds); the
-cache is set before numba is imported.
+Compiled code is cached on disk, so only the first run on a machine (or of a new version) compiles
+(compiled.py: where, and how the cache and the compiler are kept safe from interruptions).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from pathlib import Path
 
-CACHE_DIR = os.environ.setdefault(
-    "NUMBA_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgpt-cli" / "numba"))
+import numpy as np
+from llvmlite import ir
+from numba import extending, njit, prange, types
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import extending, njit, prange, types  # noqa: E402
-
-from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_f32  # noqa: E402
-from chatgpt_cli.intrinsics_int4 import _dot_int4, _dot_int4_pairs  # noqa: E402
-
-
-def _source_hash() -> str:
-    """A hash of the kernels' source: numba checks only the file a cached function is in, so code
-    compiled against an older version of a kernel it calls would otherwise still be loaded."""
-    here = Path(__file__).parent
-    files = ("kernels.py", "kernels_rows.py", "kernels_attend.py", "kernels_cache.py", "intrinsics.py",
-             "intrinsics_int4.py", "fused.py")
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
-
-
-numba.config.CACHE_DIR = str(Path(CACHE_DIR) / _source_hash())  # also when numba was imported before this module
+from chatgpt_cli.compiled import kernel  # it sets numba's cache folder
+from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_f32
+from chatgpt_cli.intrinsics_int4 import _dot_int4, _dot_int4_pairs
 
 GELU_C = math.sqrt(2.0 / math.pi)
-jit = njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
+jit = kernel(parallel=True, fastmath=True)
 # The inputs' preparation (rounding, quantizing, zero padding) is compiled on its own, never inlined
 # into the parallel kernels: there numba turns each array expression and allocation (np.zeros,
 # np.abs(x).max()) into a parallel loop of its own, a hand-off to the other thread and back for a
 # few microseconds of work (an 8-row 768-wide bfloat16 product spent 14 of its 94 us so).
-serial = njit(fastmath=True, cache=True, error_model="numpy")
+serial = kernel(fastmath=True)
 
 
 @extending.intrinsic
@@ -337,7 +317,7 @@ def _product(x, w, scale, bias, out, gelu):
     return lambda x, w, scale, bias, out, gelu: matvec(x, w, scale, bias, out, gelu)
 
 
-@njit(fastmath=True, cache=True, error_model="numpy")
+@kernel(fastmath=True)
 def one_row(x, w, scale, bias, out, gelu):
     """``product``, called from Python (layers.py)."""
     product(x, w, scale, bias, out, gelu)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import extending, njit, prange, types
 
+from chatgpt_cli.compiled import kernel
 from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_f32, _tile_int8
 from chatgpt_cli.intrinsics_int4 import INT4_TILE, _tile_int4
 from chatgpt_cli.kernels import (
@@ -257,7 +258,7 @@ def _rows_product(x, w, scale, bias, out, gelu):
     return rows
 
 
-@njit(fastmath=True, cache=True, error_model="numpy")
+@kernel(fastmath=True)
 def few_rows(x, w, scale, bias, out, gelu):
     """``rows_product``, called from Python (layers.py)."""
     rows_product(x, w, scale, bias, out, gelu)

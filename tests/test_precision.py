@@ -574,49 +574,23 @@ def test_every_kernel_runs_on_a_cpu_without_avx512(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]  # 0: tests ran, none failed
 
 
-def test_a_ctrl_c_while_kernels_load_waits_until_they_are_in():
-    """interrupts_held: a SIGINT inside the block is held, then raised as KeyboardInterrupt after it."""
-    import os
-    import signal
-
-    from chatgpt_cli.fused import interrupts_held
-
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the block ran on")
-    assert done == ["the block ran on"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_the_fused_steps_kernels_load_with_the_engine_under_a_held_ctrl_c(tiny_dir, dtype, monkeypatch):
-    """The engine loads the decode step's kernels when it is built, with Ctrl-C held (a Ctrl-C inside
-    numba's load of a kernel at the first decoded token crashed the process with a double free):
-    every signature the step then calls is one loaded there."""
-    from contextlib import contextmanager
-
+def test_the_fused_steps_kernels_load_with_the_engine(tiny_dir, dtype, monkeypatch):
+    """The engine loads the decode step's kernels when it is built, not at the first token: every
+    signature the step then calls is one loaded there."""
     from chatgpt_cli import fused
 
-    loaded, held = [], []
+    loaded = []
     for name in ("embed", "block_step", "head_step"):
         kernel = getattr(fused, name)
 
-        def compile_(sig, kernel=kernel, name=name):
-            loaded.append((name, tuple(sig), bool(held)))
-            return type(kernel).compile(kernel, sig)
+        def compile_(sig, kernel=kernel, name=name, compile_=kernel.compile):
+            loaded.append((name, tuple(sig)))
+            return compile_(sig)
         monkeypatch.setattr(kernel, "compile", compile_)
-
-    @contextmanager
-    def spy():
-        held.append(1)
-        yield
-        held.pop()
-    monkeypatch.setattr(fused, "interrupts_held", spy)
     engine = Engine(load_model(tiny_dir, dtype=dtype).model)
     assert isinstance(engine.decode, fused.FusedDecoder)
-    assert [name for name, _, _ in loaded] == ["embed", "block_step", "head_step"] and all(h for *_, h in loaded)
+    assert [name for name, _ in loaded] == ["embed", "block_step", "head_step"]
     called = []
     for name in ("embed", "block_step", "head_step"):
         kernel = getattr(fused, name)
@@ -624,4 +598,4 @@ def test_the_fused_steps_kernels_load_with_the_engine_under_a_held_ctrl_c(tiny_d
             called.append((name, tuple(numba.typeof(x) for x in a))), kernel(*a))[1])
     with torch.inference_mode():
         list(engine.generate([464, 2068, 7586], 3, SamplingOptions(temperature=0)))
-    assert called and set(called) <= {(name, sig) for name, sig, _ in loaded}
+    assert called and set(called) <= set(loaded)
