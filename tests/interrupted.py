@@ -31,6 +31,7 @@ if sys.argv[4:] == ["torch"]:
     engine.decode, engine.batch_decode = functools.partial(decode_one, engine.model), None
 prompt, greedy, sampled = [464, 2068, 7586, 21831], SamplingOptions(temperature=0), SamplingOptions(0.9, seed=1)
 before = list(engine.generate(prompt, 12, greedy, stop_at_eot=False))
+list(engine.generate_batch(prompt, 3, sampled, 2))  # its kernels compiled before the signals, not during
 
 handle_sigterm()
 armed = False  # a signal outside the generation below is dropped: only what generating raises counts
