@@ -96,6 +96,8 @@ class KeyedCacheFile(IndexDataCacheFile):
 
 
 class KeyedCache(FunctionCache):
+    """numba's per-function disk cache over ``KeyedCacheFile``s."""
+
     def __init__(self, py_func: Callable) -> None:
         super().__init__(py_func)
         self._cache_file.__class__ = KeyedCacheFile
