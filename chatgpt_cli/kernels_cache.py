@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 from numba import extending, njit, types
 
+from chatgpt_cli import kvcache
 from chatgpt_cli.kernels import stored, widen
 
-LIMIT = {types.int8: 127, types.uint8: 7}  # the largest code of each quantized form: int4's are -7..7
+LIMIT = {getattr(types, str(t).removeprefix("torch.")): limit for t, limit in kvcache.LIMIT.items()}  # numba's names
 
 
 def store(cache, scales, b, h, pos, new):

@@ -103,7 +103,7 @@ class FusedKVCache(KVCache):
 
 def quantize_vectors(x: torch.Tensor, limit: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., hs) float32 -> int8 codes (..., hs) in -limit..limit and one scale per vector (...,):
-    x ~ codes * scale, as kernels_attend.store writes them (max |x| / limit; 1 for a vector of zeros)."""
+    x ~ codes * scale, as kernels_cache.store writes them (max |x| / limit; 1 for a vector of zeros)."""
     top = x.abs().amax(-1)
     scale = torch.where(top > 0, top * torch.tensor(1 / limit, dtype=torch.float32), torch.ones_like(top))
     return torch.round(x * (1 / scale)[..., None]).clamp(-limit, limit).to(torch.int8), scale
