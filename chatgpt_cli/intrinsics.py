@@ -106,6 +106,17 @@ def prefetch_l2(builder, address) -> None:
                             ir.Constant(i32, 1)])  # data)
 
 
+def in_order(builder) -> None:
+    """A fence for the compiler only: LLVM may not move a memory access across it (an empty
+    statement of assembly that says it touches memory; no instruction comes of it). Where a kernel
+    reads a run of rows side by side (the attention's 16 keys), LLVM interleaves their loads to hide
+    their arithmetic's latency: the first line of every row, then the second... A fence after each
+    row keeps the reads in the order of memory, which the CPU's prefetchers stream faster: the
+    attention over 800 float32 or bfloat16 positions read from memory took 0.86-0.91x the time."""
+    statement = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", side_effect=True)
+    builder.call(statement, [])
+
+
 def _rows(builder, data, first, count, n_in):
     """Pointers to rows first, first + 1, ... of a C-contiguous (rows, n_in) array's data."""
     return [builder.gep(data, [builder.mul(builder.add(first, ir.Constant(first.type, i)), n_in)])

@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import extending, njit, prange, types
 from numba.core import cgutils
 
-from chatgpt_cli.intrinsics import PERMUTE, _declare, _sum_lanes, prefetch_l2, sum_across
+from chatgpt_cli.intrinsics import PERMUTE, _declare, _sum_lanes, in_order, prefetch_l2, sum_across
 from chatgpt_cli.kernels import exp_approx, jit
 from chatgpt_cli.kernels_cache import cached, position_scale, store
 
@@ -122,11 +122,13 @@ def _prefetch(builder, at, t, form: str):
 
 
 def _dot_key(builder, fma, q, at, form):
-    """16 partial sums of q . key (the key's 64 values from ``at``), in one vector."""
+    """16 partial sums of q . key (the key's 64 values from ``at``), in one vector; the key's reads
+    come before the next key's (``in_order``)."""
     key = _load_row(builder, at, form)
     acc = builder.fmul(q[0], key[0])
     for i in range(1, HEAD // LANES):
         acc = builder.call(fma, [q[i], key[i], acc])
+    in_order(builder)
     return acc
 
 
@@ -220,6 +222,7 @@ def _weighted_values(typingctx, cache, scales, b, h, n, weights, factor, out):
             spread = builder.shuffle_vector(one, ir.Constant(VEC, None), ir.Constant(WORDS, [0] * LANES))
             for acc, value in zip(accs, _load_row(builder, at(t), form), strict=True):
                 builder.store(builder.call(fma, [spread, value, builder.load(acc)]), acc)
+            in_order(builder)  # this position's reads before the next one's
 
         pairs = builder.udiv(args[4], ir.Constant(INDEX, 2))
         with cgutils.for_range(builder, pairs) as loop:
