@@ -15,6 +15,8 @@ cost. For heads of 64 values (every GPT-2 size) the two passes are written in LL
 - ``_weighted_values``: the 64 output values held in 4 vectors (two sets, for even and odd keys,
   so that the additions do not wait on each other), each value row loaded once.
 
+Both read the cache in memory's order, a key or value row after the other (``intrinsics.in_order``).
+
 The cache is float32, bfloat16 bits (the top half of a float32: widened by a shift), int8 codes
 (``--dtype int8`` and ``auto``) or int4 codes two a byte (``--dtype int4``), the codes with a
 float32 scale per position and head: at 800 tokens the attention reads the cache's bytes as fast
