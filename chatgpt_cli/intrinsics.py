@@ -112,7 +112,8 @@ def in_order(builder) -> None:
     reads a run of rows side by side (the attention's 16 keys), LLVM interleaves their loads to hide
     their arithmetic's latency: the first line of every row, then the second... A fence after each
     row keeps the reads in the order of memory, which the CPU's prefetchers stream faster: the
-    attention over 800 float32 or bfloat16 positions read from memory took 0.86-0.91x the time."""
+    attention over 800 positions read from memory took 0.86x the time in float32, 0.93x in bfloat16
+    (AMD EPYC; a plain sum over the cache read in each order: 22 and 28 GB/s)."""
     statement = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", side_effect=True)
     builder.call(statement, [])
 
