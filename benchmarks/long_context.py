@@ -14,7 +14,6 @@ the project's target is at least 0.85). A timing: run it on a quiet machine. Not
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -25,15 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatgpt_cli.bench import GPT2_SHAPES, random_model  # noqa: E402
+from chatgpt_cli.bench import GPT2_SHAPES, cpu_name, random_model  # noqa: E402
 from chatgpt_cli.generate import Engine, prefill  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 @torch.inference_mode()

@@ -13,7 +13,6 @@ timing: run it on a quiet machine. Not a test.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chatgpt_cli.bench import random_model  # noqa: E402
+from chatgpt_cli.bench import cpu_name, random_model  # noqa: E402
 from chatgpt_cli.completion import samples  # noqa: E402
 from chatgpt_cli.generate import Engine  # noqa: E402
 from chatgpt_cli.resources import shipped  # noqa: E402
@@ -47,16 +46,6 @@ def cost(engine: Engine, ids: list[int], n: int, tokens: int, options: SamplingO
                 pass
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -6,10 +6,12 @@ the same run (benchmarks/ holds the comparison with transformers).
 
 from __future__ import annotations
 
+import platform
 import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +25,17 @@ from chatgpt_cli.sampling import SamplingOptions
 # (n_layer, n_head, n_embd) of the four GPT-2 sizes; all have a 1024-token window.
 GPT2_SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
                "gpt2-xl": (48, 25, 1600)}
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the benchmarks' figures (/proc/cpuinfo; else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def random_model(name: str, dtype: str | torch.dtype | Scheme = "float32", device: str | torch.device = "cpu") -> GPT:

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import extending, njit, prange, types
+from numba import extending, prange, types
 
 from chatgpt_cli.compiled import kernel  # it sets numba's cache folder
 from chatgpt_cli.intrinsics import BF16_DOT, _dot_bf16, _dot_f32
@@ -61,14 +61,14 @@ def _as_uint32(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def to_bf16(value):
     """float32 -> bfloat16 bits (uint16), rounded to the nearest even like torch."""
     bits = _as_uint32(np.float32(value))
     return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def bf16(bits):
     """bfloat16 bits (uint16) -> float32: the bits become the top half of the float32's."""
     return _as_float32(np.uint32(bits) << np.uint32(16))
@@ -114,7 +114,7 @@ def _multiply_add(typingctx, acc, a, b):
     return types.int32(types.int32, types.int16, types.int8), codegen
 
 
-@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+@kernel(inline="always", fastmath=True)
 def exp_approx(x):
     """e^x for a float32 x, written out so that a loop of it vectorizes (16 at a time, against one
     call of the C library's expf each): x clamped to [-87, 88] (a normal float32's range), x = k ln 2
@@ -131,7 +131,7 @@ def exp_approx(x):
     return (p * r * r + r + np.float32(1.0)) * _as_float32(np.uint32((np.int32(k) + np.int32(127)) << np.int32(23)))
 
 
-@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+@kernel(inline="always", fastmath=True)
 def apply_gelu(out):
     """GPT-2's tanh GELU on every value of ``out`` (C-contiguous), in place, after a product:
     0.5 y (1 + tanh(u)) = y / (1 + e^(-2u)), u = sqrt(2 / pi) (y + 0.044715 y^3), a loop that
@@ -169,7 +169,7 @@ def matvec_f32(x, w, scale, bias, out, gelu):
         apply_gelu(out)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def largest_magnitude(x):
     """max |x| of a float32 vector (NaN if one is), as integers: a float's bits with the sign cleared
     order as the magnitudes do, and an integer maximum vectorizes (LLVM leaves a float maximum a
@@ -210,7 +210,7 @@ def matvec_int8(x, q, scale, bias, out, gelu):
         apply_gelu(out)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def rounded(x):
     """x (K,) float32 -> its bfloat16 bits, as the AVX-512 BF16 kernels read their input."""
     xb = np.empty(x.shape[0], np.uint16)
@@ -233,7 +233,7 @@ def matvec_bf16(x, w, scale, bias, out, gelu):
         apply_gelu(out)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def pair_order(xb):
     """xb (K,) in the order ``_dot_int4_pairs`` reads it: per pair of groups of 32, the first
     16 of each group, then the last 16 of each."""
@@ -259,7 +259,7 @@ def group_sums(xb, n_groups):
     return sums
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def group_offset(scales, offsets, n, g):
     """Weight row n's group g term per unit of input: m - 128 s (the codes are read as 128 + q)."""
     return bf16(offsets[n, g]) - np.float32(128.0) * bf16(scales[n, g])

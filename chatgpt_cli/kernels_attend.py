@@ -29,9 +29,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import extending, njit, prange, types
+from numba import extending, prange, types
 from numba.core import cgutils
 
+from chatgpt_cli.compiled import kernel
 from chatgpt_cli.intrinsics import PERMUTE, _declare, _sum_lanes, in_order, prefetch_l2, sum_across
 from chatgpt_cli.kernels import exp_approx, jit
 from chatgpt_cli.kernels_cache import cached, position_scale, store
@@ -240,7 +241,7 @@ def _weighted_values(typingctx, cache, scales, b, h, n, weights, factor, out):
     return types.none(cache, scales, b, h, n, weights, types.float32, out), codegen
 
 
-@njit(inline="always", fastmath=True, cache=True, error_model="numpy")
+@kernel(inline="always", fastmath=True)
 def exponentials(scores, top):
     """scores (n,) -> e^(scores - top) in place; returns their sum (softmax's weights are these over
     it, which the values' pass applies). A loop that vectorizes (kernels.exp_approx: 16 at a time,

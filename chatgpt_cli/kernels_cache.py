@@ -7,9 +7,10 @@ per position and head. Each is an overload chosen by the cache's dtype when the 
 from __future__ import annotations
 
 import numpy as np
-from numba import extending, njit, types
+from numba import extending, types
 
 from chatgpt_cli import kvcache
+from chatgpt_cli.compiled import kernel
 from chatgpt_cli.kernels import stored, widen
 
 LIMIT = {getattr(types, str(t).removeprefix("torch.")): limit for t, limit in kvcache.LIMIT.items()}  # numba's names
@@ -22,7 +23,7 @@ def store(cache, scales, b, h, pos, new):
     byte d - hs/2's high one), as kvcache.quantize_vectors and pack_nibbles compute them, to the bit."""
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def _code(value, inverse, limit):
     return min(max(round(value * inverse), -limit), limit)
 

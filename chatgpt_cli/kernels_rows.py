@@ -15,7 +15,7 @@ read from memory once for all the rows, the sums of several rows kept side by si
 from __future__ import annotations
 
 import numpy as np
-from numba import extending, njit, prange, types
+from numba import extending, prange, types
 
 from chatgpt_cli.compiled import kernel
 from chatgpt_cli.intrinsics import BF16_DOT, TILE, _tile_bf16, _tile_f32, _tile_int8
@@ -36,7 +36,7 @@ from chatgpt_cli.kernels import (
 # Two weight rows times four input rows at a time: eight sums side by side, each weight and each
 # input value loaded once for all of them (x is padded with zero rows to a multiple of four).
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def padded4(x):
     """x (M, K) with zero rows added up to a multiple of four."""
     x4 = np.zeros(((x.shape[0] + 3) // 4 * 4, x.shape[1]), np.float32)
@@ -44,7 +44,7 @@ def padded4(x):
     return x4
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def put4(out, m, n, sums, scale, bias):
     """out[m + i, n] = sums[i] * scale + bias for the rows of x that exist (not the padding)."""
     for i in range(4):
@@ -111,7 +111,7 @@ def _tile(w, n, xt, m):
     return lambda w, n, xt, m: _tile_f32(w, n, xt, m)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def put(out, sums, n, m, n_w, n_x, x_scale, scale, bias):
     """out[m + i, n + a] = sums[a * TILE + i] * (x_scale[m + i] * scale[n + a]) + bias[n + a] for
     the first n_w weight rows and n_x input rows of a tile."""
@@ -120,7 +120,7 @@ def put(out, sums, n, m, n_w, n_x, x_scale, scale, bias):
             out[m + i, n + a] = np.float32(sums[a * TILE + i]) * (x_scale[m + i] * scale[n + a]) + bias[n + a]
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def tiled(w, xt, n_rows, x_scale, scale, bias, out):
     """out[m, n] = (xt[m] . w[n]) * (x_scale[m] * scale[n]) + bias[n] for the first n_rows rows of
     xt (padded with zero rows to a multiple of ``TILE``), a tile of four weight rows by four
@@ -196,7 +196,7 @@ def matmul_int8(x, q, scale, bias, out, gelu):
         apply_gelu(out)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@kernel(inline="always")
 def offsets_times_sums(scales, offsets, x_sums, n, m):
     """sum over groups g of (m[n, g] - 128 s[n, g]) * x_sums[m + i, g] for the ``INT4_TILE`` (4) input
     rows i of a tile, each group's factor computed once for the four (once per row, 124M's int4
